@@ -9,8 +9,9 @@ __version__ = "0.1.0"
 from .images import InvalidImageError, load_image, to_model_input  # noqa: E402
 from .model import ModelLoadError, SkinmoleModel, load_model  # noqa: E402
 from .predict import Prediction, iter_predict, predict  # noqa: E402
+from .explain import explain, overlay  # noqa: E402  (TensorFlow only imported when explain() runs)
 
 __all__ = [
     "InvalidImageError", "ModelLoadError", "Prediction", "SkinmoleModel", "__version__",
-    "iter_predict", "load_image", "load_model", "predict", "to_model_input",
+    "explain", "iter_predict", "load_image", "load_model", "overlay", "predict", "to_model_input",
 ]

@@ -44,21 +44,28 @@ def describe(source) -> str:
 def _read_bytes(source, name: str) -> bytes:
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.exists():
-            raise InvalidImageError(f"{name}: no such file")
-        if path.is_dir():
-            raise InvalidImageError(f"{name}: is a directory, not an image file")
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise InvalidImageError(f"{name}: file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
         try:
-            return path.read_bytes()
-        except OSError as exc:
+            if not path.exists():
+                raise InvalidImageError(f"{name}: no such file")
+            if path.is_dir():
+                raise InvalidImageError(f"{name}: is a directory, not an image file")
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise InvalidImageError(f"{name}: file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
+            # bounded read: a pipe or device (/dev/zero, <(...)) reports size 0 and may never end
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:  # also from exists()/stat(), e.g. a name too long or a permission denied
             raise InvalidImageError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
-    if isinstance(source, (bytes, bytearray, memoryview)):
+    elif isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif hasattr(source, "read"):
-        data = source.read(MAX_FILE_BYTES + 1)
+        try:
+            data = source.read(MAX_FILE_BYTES + 1)
+        except UnicodeDecodeError as exc:  # a text-mode file holding binary data
+            raise InvalidImageError(f"{name}: file object must be opened in binary mode") from exc
+        except (OSError, ValueError) as exc:  # e.g. a closed file
+            raise InvalidImageError(f"{name}: cannot be read ({exc})") from exc
         if not isinstance(data, (bytes, bytearray)):
             raise InvalidImageError(f"{name}: file object must be opened in binary mode")
         data = bytes(data)
@@ -122,7 +129,10 @@ def _pil_to_rgb(im: Image.Image, name: str) -> np.ndarray:
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
-    rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    try:
+        rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except ValueError as exc:  # a mode PIL cannot convert to RGB (e.g. premultiplied "La")
+        raise InvalidImageError(f"{name}: unsupported colour mode {mode} ({exc})") from exc
     return np.ascontiguousarray(rgb)
 
 
@@ -132,7 +142,9 @@ def _array_to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise InvalidImageError(f"{name}: array must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
     _check_pixels(arr.shape[1], arr.shape[0], name)
-    if arr.dtype == np.bool_:
+    if arr.dtype == np.uint8:
+        pass  # the common case: already 0..255, no range scan or copy needed
+    elif arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype == np.uint16:
         arr = np.rint(arr / 257.0).astype(np.uint8)

@@ -143,7 +143,9 @@ def load_model_folder(folder, engine: str = "auto") -> SkinmoleModel:
     _verify(folder, config, "weights_sha256", config.get("weights_file", KERAS_FILE))
     if config.get("onnx_file"):
         _verify(folder, config, "onnx_sha256", config["onnx_file"])
-    return SkinmoleModel(folder, config, engine)
+    model = SkinmoleModel(folder, config, engine)
+    model.quality_gate  # noqa: B018 - load and sha256-check the quality statistics now, not at first predict
+    return model
 
 
 def _looks_like_repo_id(source: str) -> bool:

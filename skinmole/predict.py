@@ -6,17 +6,22 @@ streams any number of inputs in chunks and yields an error instead of raising, f
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from .calibration import malignant_probability, probabilities
+from .engines import cpu_cores
 from .images import InvalidImageError, describe, load_image, to_model_input
 from .model import SkinmoleModel, default_model, load_model
 
 DEFAULT_BATCH = 64
+DEFAULT_WORKERS = max(1, cpu_cores() // 2)
 
 
 @dataclass
@@ -51,8 +56,11 @@ def _resolve(model) -> SkinmoleModel:
     return default_model() if model is None else load_model(model)
 
 
-def _predict_decoded(rgbs: list[np.ndarray], model: SkinmoleModel, check_quality: bool) -> list[Prediction]:
-    batch = np.stack([to_model_input(rgb, model.input_size) for rgb in rgbs])
+def _predict_decoded(rgbs: list[np.ndarray], model: SkinmoleModel, check_quality: bool,
+                     inputs: list[np.ndarray] | None = None) -> list[Prediction]:
+    if inputs is None:
+        inputs = [to_model_input(rgb, model.input_size) for rgb in rgbs]
+    batch = np.stack(inputs)
     logits, features = model.engine.run(batch)
     probs = probabilities(logits, model.temperature)
     p_mal = malignant_probability(probs, model.class_names, model.malignant_classes)
@@ -78,44 +86,84 @@ def _predict_decoded(rgbs: list[np.ndarray], model: SkinmoleModel, check_quality
     return out
 
 
-def predict(images, model=None, *, check_quality: bool = True, batch_size: int = DEFAULT_BATCH):
+def predict(images, model=None, *, check_quality: bool = True, batch_size: int = DEFAULT_BATCH,
+            workers: int | None = None):
     """Predict one image (path, bytes, binary file, PIL image or array) or a list of them.
 
     Returns a ``Prediction`` or a list in input order. Raises ``InvalidImageError`` (naming the input)
     for anything that is not a readable image. ``model``: a loaded model or any ``load_model`` source;
-    None uses the bundled default. ``check_quality=False`` turns the quality gate off.
+    None uses the bundled default. ``check_quality=False`` turns the quality gate off. A list is
+    decoded in background threads while the model runs (``workers``, as in ``iter_predict``).
     """
     m = _resolve(model)
     if not _is_batch(images):
         return _predict_decoded([load_image(images)], m, check_quality)[0]
-    rgbs = [load_image(img) for img in images]
     out: list[Prediction] = []
-    for start in range(0, len(rgbs), batch_size):
-        out += _predict_decoded(rgbs[start:start + batch_size], m, check_quality)
+    for _, result in iter_predict(images, m, check_quality=check_quality, batch_size=batch_size, workers=workers):
+        if isinstance(result, InvalidImageError):
+            raise result
+        out.append(result)
     return out
 
 
-def iter_predict(sources: Iterable, model=None, *, check_quality: bool = True,
-                 batch_size: int = DEFAULT_BATCH) -> Iterator[tuple[object, Prediction | InvalidImageError]]:
-    """Yield ``(source, Prediction or InvalidImageError)`` in input order, holding one chunk at a time."""
-    m = _resolve(model)
-    chunk: list = []
-
-    def flush():
-        good = [(i, rgb) for i, (_, rgb) in enumerate(chunk) if not isinstance(rgb, InvalidImageError)]
-        preds = _predict_decoded([rgb for _, rgb in good], m, check_quality) if good else []
-        by_index = {i: p for (i, _), p in zip(good, preds)}
-        for i, (src, rgb) in enumerate(chunk):
-            yield src, by_index.get(i, rgb)
-
-    for src in sources:
+def _decode_chunk(chunk: list, size: int) -> list:
+    """Decode and resize one chunk: ``(rgb, model input)`` or the ``InvalidImageError`` per source."""
+    decoded = []
+    for src in chunk:
         try:
             rgb = load_image(src, str(src) if isinstance(src, (str, Path)) else describe(src))
+            decoded.append((rgb, to_model_input(rgb, size)))
         except InvalidImageError as exc:
-            rgb = exc
-        chunk.append((src, rgb))
-        if len(chunk) >= batch_size:
-            yield from flush()
-            chunk = []
-    if chunk:
-        yield from flush()
+            decoded.append(exc)
+    return decoded
+
+
+def _chunks(sources: Iterable, size: int) -> Iterator[list]:
+    it = iter(sources)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _decoded_chunks(sources: Iterable, size: int, batch_size: int, workers: int) -> Iterator[tuple[list, list]]:
+    """``(chunk, decoded)`` in order; with ``workers`` threads, up to ``workers + 1`` chunks are decoded
+    ahead of the one being predicted (PIL releases the GIL), so memory stays bounded."""
+    if workers <= 0:
+        for chunk in _chunks(sources, batch_size):
+            yield chunk, _decode_chunk(chunk, size)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skinmole-decode")
+    pending: deque = deque()
+    chunks = _chunks(sources, batch_size)
+    try:
+        for chunk in chunks:
+            pending.append((chunk, pool.submit(_decode_chunk, chunk, size)))
+            if len(pending) > workers:
+                chunk0, fut = pending.popleft()
+                yield chunk0, fut.result()
+        while pending:
+            chunk0, fut = pending.popleft()
+            yield chunk0, fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def iter_predict(sources: Iterable, model=None, *, check_quality: bool = True, batch_size: int = DEFAULT_BATCH,
+                 workers: int | None = None) -> Iterator[tuple[object, Prediction | InvalidImageError]]:
+    """Yield ``(source, Prediction or InvalidImageError)`` in input order, holding a few chunks at a time.
+
+    Decoding and resizing run in ``workers`` background threads (default: 1 per 2 cores, at least 1;
+    0 decodes inline) while the engine runs the previous chunk; preprocessing is exactly ``load_image``
+    then ``to_model_input``, as in training.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    m = _resolve(model)
+    if workers is None:
+        workers = DEFAULT_WORKERS
+    for chunk, decoded in _decoded_chunks(sources, m.input_size, batch_size, workers):
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, InvalidImageError)]
+        preds = _predict_decoded([decoded[i][0] for i in good], m, check_quality,
+                                 inputs=[decoded[i][1] for i in good]) if good else []
+        by_index = dict(zip(good, preds))
+        for i, src in enumerate(chunk):
+            yield src, by_index.get(i, decoded[i])

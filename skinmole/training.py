@@ -259,9 +259,24 @@ def train(opts: TrainOptions) -> Path:
         "dataset_citation": HAM10000_CITATION,
     }
     save_model_folder(out, model, config)
+    _export_onnx(out, model)
     _write_history(out, history)
+    from .quality import fit_quality_gate
+
+    fit_quality_gate(out, train_set, val_set, opts.cache_dir, log=_log)
     _log(f"wrote {out}")
     return out
+
+
+def _export_onnx(out: Path, model) -> None:
+    """Add ``model.onnx`` (the TensorFlow-free serving engine) to the folder; a missing ``onnx``
+    package is a warning, not a lost training run (``scripts/export_onnx.py`` adds it later)."""
+    from .onnx_export import OnnxExportError, export_model_folder
+
+    try:
+        _log(f"wrote {export_model_folder(out, model)}")
+    except (ImportError, OnnxExportError) as exc:
+        _log(f"WARNING: no ONNX file ({exc}); add it with: python scripts/export_onnx.py --model {out}")
 
 
 def _write_history(out: Path, history: list[dict]) -> None:

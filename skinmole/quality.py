@@ -1,0 +1,355 @@
+"""Say "I can't judge this image" instead of guessing: pixel checks plus an out-of-distribution score.
+
+A classifier answers every input, even a cat or a blurred phone shot. ``QualityGate.assess`` runs
+after the model on the same batch and refuses an image when
+
+- the original is too small (shorter side under ``min_side``: the model would see upscaled mush);
+- the model input is too dark, too bright, washed out (low contrast), grey-scale (no colour) or
+  blurred (low variance of the Laplacian of its grayscale; measured at the fixed model-input size,
+  so resolution-independent);
+- the model's penultimate features (scaled to unit length) are far from the training images'
+  (Mahalanobis distance with a shrinkage covariance): "not a dermoscopic image of a skin lesion".
+
+Every threshold is fitted from the training (pixel checks) and validation (distance) images by
+``fit_quality_gate`` and stored with the model: the numbers in ``config.json["quality"]``, the
+feature mean and precision matrix in ``quality.npz`` (sha256 checked at load). Serving needs only
+numpy; fitting imports scikit-learn and the data helpers lazily.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .model import ModelLoadError, sha256_file
+
+QUALITY_FILE = "quality.npz"
+GATE_VERSION = 1
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+# How thresholds are derived (recorded in config["quality"]["rules"] at fit time).
+PIXEL_PERCENTILE = 0.5   # low/high tail of the training images used as the reference point ...
+PIXEL_MARGIN = 0.5       # ... then moved this fraction of the way to the impossible extreme (0 or 255)
+SIDE_PERCENTILE = 1.0
+OOD_QUANTILE = 0.99      # of the validation images' distances ...
+OOD_MARGIN = 1.05        # ... times this, so >= 99% of validation images pass with a little slack
+
+CHECK_ORDER = ("too_small", "too_dark", "too_bright", "low_contrast", "no_colour", "blurred", "not_dermoscopy")
+MESSAGES = {
+    "too_small": "The image is too small to judge ({w}x{h} pixels; the shorter side needs at least {min_side}).",
+    "too_dark": "The image is too dark to judge. Retake it with more light.",
+    "too_bright": "The image is too bright or overexposed to judge. Retake it with less light or glare.",
+    "low_contrast": "The image is washed out or nearly uniform: no lesion detail is visible.",
+    "no_colour": "The image is grey-scale or almost colourless; the model needs a colour photo of the skin.",
+    "blurred": "The image is too blurred to judge. Hold the camera still and focus on the lesion.",
+    "not_dermoscopy": ("This does not look like a dermoscopic image of a skin lesion, "
+                       "which is the only kind of image this model can judge."),
+}
+
+
+def pixel_stats(batch: np.ndarray) -> dict[str, np.ndarray]:
+    """Brightness (mean luma), contrast (luma std), colourfulness (mean of max - min over R, G, B:
+    0 for grey) and sharpness (variance of the 4-neighbour Laplacian of the luma) of each model
+    input in ``batch`` (N, S, S, 3) uint8."""
+    batch = np.asarray(batch)
+    if batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"expected a (N, S, S, 3) batch, got shape {batch.shape}")
+    r, gr, b = batch[..., 0], batch[..., 1], batch[..., 2]
+    g = r * np.float32(LUMA[0]) + gr * np.float32(LUMA[1]) + b * np.float32(LUMA[2])
+    chroma = np.maximum(np.maximum(r, gr), b) - np.minimum(np.minimum(r, gr), b)  # uint8, no overflow
+    n = g.shape[0]
+    flat = g.reshape(n, -1)
+    lap = g[:, :-2, 1:-1] + g[:, 2:, 1:-1] + g[:, 1:-1, :-2] + g[:, 1:-1, 2:] - 4.0 * g[:, 1:-1, 1:-1]
+    return {
+        "brightness": flat.mean(axis=1),
+        "contrast": flat.std(axis=1),
+        "colourfulness": chroma.reshape(n, -1).mean(axis=1, dtype=np.float32),
+        "sharpness": lap.reshape(n, -1).var(axis=1),
+    }
+
+
+def normalise(features: np.ndarray) -> np.ndarray:
+    """Features scaled to unit length: the distance then measures what the image looks like, not how
+    strongly it activates the network (separated non-lesion images better than raw features)."""
+    f = np.asarray(features, dtype=np.float32)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+_BLAS: list = []
+
+
+def _one_blas_thread():
+    """A context that keeps BLAS on one thread: for these small products a multi-threaded BLAS
+    costs milliseconds when the cores are busy (e.g. with the engine's own threads)."""
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController  # ships with scikit-learn; pure Python
+
+            _BLAS.append(ThreadpoolController())
+        except Exception:  # noqa: BLE001 - without it the answers are the same, only slower
+            _BLAS.append(None)
+    if _BLAS[0] is None:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
+def mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Mahalanobis distance of each row of ``features`` to ``mean`` under ``precision``."""
+    d = np.asarray(features, dtype=np.float32) - mean
+    q = np.einsum("ij,ij->i", d @ precision, d)
+    return np.sqrt(np.maximum(q, 0.0))
+
+
+class QualityGate:
+    """Thresholds plus feature statistics; ``assess`` answers one dict per image."""
+
+    def __init__(self, config: dict, mean: np.ndarray, precision: np.ndarray):
+        self.config = config
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.precision = np.asarray(precision, dtype=np.float32)
+        self.min_side = int(config["min_side"])
+        self.brightness_min = float(config["brightness_min"])
+        self.brightness_max = float(config["brightness_max"])
+        self.contrast_min = float(config["contrast_min"])
+        self.sharpness_min = float(config["sharpness_min"])
+        self.colour_min = float(config.get("colour_min", 0.0))
+        self.ood_max = float(config["ood_max"])
+        self.stats_size = int(config.get("stats_size", 0))
+
+    @classmethod
+    def from_folder(cls, folder, config: dict) -> "QualityGate":
+        """Load ``quality.npz`` from a model folder after checking its sha256 and shapes."""
+        folder = Path(folder)
+        try:
+            name = config.get("file", QUALITY_FILE)
+            expected = config["sha256"]
+            for key in ("min_side", "brightness_min", "brightness_max", "contrast_min", "sharpness_min", "ood_max"):
+                float(config[key])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"{folder}: config.json 'quality' entry is incomplete ({exc!r})") from exc
+        if int(config.get("version", GATE_VERSION)) > GATE_VERSION:
+            raise ModelLoadError(f"{folder}: quality gate version {config['version']} is newer than this skinmole reads")
+        path = folder / name
+        if not path.is_file():
+            raise ModelLoadError(f"{folder}: {name} (the quality gate's statistics) is missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelLoadError(
+                f"{folder}: sha256 of {name} is {actual}, but config.json records {expected}: "
+                "the quality statistics were changed or corrupted"
+            )
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                mean, precision = z["mean"], z["precision"]
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a load error
+            raise ModelLoadError(f"{folder}: {name} is not a readable quality-statistics file ({exc})") from exc
+        d = mean.shape[-1] if mean.ndim == 1 else -1
+        if mean.ndim != 1 or precision.shape != (d, d) or not (np.all(np.isfinite(mean)) and np.all(np.isfinite(precision))):
+            raise ModelLoadError(f"{folder}: {name} holds malformed statistics "
+                                 f"(mean {mean.shape}, precision {precision.shape})")
+        return cls(config, mean, precision)
+
+    def ood_scores(self, features: np.ndarray) -> np.ndarray:
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"features have shape {features.shape}; the gate expects (N, {self.mean.shape[0]})")
+        return mahalanobis(normalise(features), self.mean, self.precision)
+
+    def _stats_batch(self, batch: np.ndarray) -> np.ndarray:
+        """The batch at the size the thresholds were fitted at (normally already so)."""
+        s = self.stats_size
+        if not s or (batch.shape[1] == s and batch.shape[2] == s):
+            return batch
+        from .images import to_model_input
+
+        return np.stack([to_model_input(np.ascontiguousarray(b), s) for b in batch])
+
+    def failed_checks(self, short_side, stats: dict, ood: np.ndarray) -> list[list[str]]:
+        """For each image, the names of the checks it fails (in ``CHECK_ORDER``)."""
+        flags = {
+            "too_small": np.asarray(short_side) < self.min_side,
+            "too_dark": stats["brightness"] < self.brightness_min,
+            "too_bright": stats["brightness"] > self.brightness_max,
+            "low_contrast": stats["contrast"] < self.contrast_min,
+            "no_colour": stats["colourfulness"] < self.colour_min,
+            "blurred": stats["sharpness"] < self.sharpness_min,
+            "not_dermoscopy": ~(ood <= self.ood_max),  # NaN counts as out of distribution
+        }
+        n = len(ood)
+        return [[c for c in CHECK_ORDER if flags[c][i]] for i in range(n)]
+
+    def assess(self, rgbs, batch: np.ndarray, features: np.ndarray) -> list[dict]:
+        """One JSON-ready dict per image: accepted, issues (plain language), checked, scores."""
+        batch = np.asarray(batch)
+        if len(rgbs) != len(batch) or len(batch) != len(features):
+            raise ValueError("rgbs, batch and features must hold the same number of images")
+        with _one_blas_thread():
+            stats = pixel_stats(self._stats_batch(batch))
+            ood = self.ood_scores(features)
+        sizes = [(int(r.shape[1]), int(r.shape[0])) for r in rgbs]
+        failed = self.failed_checks([min(w, h) for w, h in sizes], stats, ood)
+        out = []
+        for i, checks in enumerate(failed):
+            w, h = sizes[i]
+            out.append({
+                "accepted": not checks,
+                "issues": [MESSAGES[c].format(w=w, h=h, min_side=self.min_side) for c in checks],
+                "failed_checks": checks,
+                "checked": True,
+                "short_side": min(w, h),
+                "brightness": round(float(stats["brightness"][i]), 3),
+                "contrast": round(float(stats["contrast"][i]), 3),
+                "colourfulness": round(float(stats["colourfulness"][i]), 3),
+                "sharpness": round(float(stats["sharpness"][i]), 3),
+                "ood_score": round(float(ood[i]), 4),
+                "ood_threshold": round(self.ood_max, 4),
+            })
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting (training time only: imports scikit-learn and the data helpers lazily)
+
+
+def capture_variations(pixels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """One plausibly different capture of each training image, so the reference distribution is not
+    HAM10000's cameras alone: half get the black circular field of view of many contact
+    dermatoscopes (radius 0.7-1.3 x half the side, centre jittered), a third are zoomed 1-1.5x, and
+    all get a colour cast (per-channel gain 0.88-1.12) and an exposure change (x 0.75-1.2)."""
+    rng = np.random.default_rng(seed)
+    n, s = pixels.shape[0], pixels.shape[1]
+    out = np.empty_like(pixels)
+    from PIL import Image
+
+    for i in range(n):
+        img = pixels[i]
+        if rng.random() < 1 / 3:
+            c = int(round(s / rng.uniform(1.0, 1.5)))
+            o = (s - c) // 2
+            img = np.asarray(Image.fromarray(img[o:o + c, o:o + c]).resize((s, s), Image.BILINEAR))
+        out[i] = img
+    x = out.astype(np.float32)
+    x *= rng.uniform(0.88, 1.12, (n, 1, 1, 3)) * rng.uniform(0.75, 1.2, (n, 1, 1, 1))
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    for i in np.flatnonzero(rng.random(n) < 0.5):
+        cy, cx = (s / 2) * (1 + rng.uniform(-0.08, 0.08, 2))
+        r = rng.uniform(0.7, 1.3) * s / 2
+        x[i] *= ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r)[..., None]
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def _features(model, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    feats = [model.engine.run(pixels[i:i + batch_size])[1] for i in range(0, len(pixels), batch_size)]
+    return np.concatenate(feats).astype(np.float32)
+
+
+def _short_sides(paths) -> np.ndarray:
+    from PIL import Image
+
+    sides = []
+    for p in paths:
+        with Image.open(p) as im:
+            sides.append(min(im.size))
+    return np.array(sides, dtype=np.float64)
+
+
+def pixel_thresholds(stats: dict[str, np.ndarray], short_sides: np.ndarray, input_size: int) -> dict:
+    """Thresholds from the training images' pixel statistics, with generous margins.
+
+    Low-side limits are ``PIXEL_MARGIN`` x the training images' ``PIXEL_PERCENTILE``-th percentile
+    (half-way from it to zero); the brightness ceiling is half-way from the high percentile to 255.
+    The size floor is half the training images' 1st-percentile shorter side, and never above half
+    the model input (the model would otherwise see a more than 2x upscaled image).
+    """
+    lo, hi = PIXEL_PERCENTILE, 100.0 - PIXEL_PERCENTILE
+    b_lo, b_hi = np.percentile(stats["brightness"], [lo, hi])
+    return {
+        "min_side": int(max(16, min(PIXEL_MARGIN * np.percentile(short_sides, SIDE_PERCENTILE), input_size // 2))),
+        "brightness_min": float(PIXEL_MARGIN * b_lo),
+        "brightness_max": float(255.0 - PIXEL_MARGIN * (255.0 - b_hi)),
+        "contrast_min": float(PIXEL_MARGIN * np.percentile(stats["contrast"], lo)),
+        "sharpness_min": float(PIXEL_MARGIN * np.percentile(stats["sharpness"], lo)),
+        "colour_min": float(PIXEL_MARGIN * np.percentile(stats["colourfulness"], lo)),
+    }
+
+
+def _summary(v: np.ndarray) -> dict:
+    return {f"p{q:g}": round(float(np.percentile(v, q)), 3) for q in (0.5, 5, 50, 95, 99.5)}
+
+
+def fit_quality_gate(model_folder, train_set, val_set, cache_dir=".cache", *, batch_size: int = 64,
+                     log=print) -> dict:
+    """Fit the gate for the model in ``model_folder`` and record it there.
+
+    Pixel thresholds come from ``train_set``; the feature mean and Ledoit-Wolf shrinkage precision
+    from ``train_set``'s penultimate features (the model's own engine); the distance threshold is the
+    ``OOD_QUANTILE`` quantile of ``val_set``'s distances times ``OOD_MARGIN``. Writes ``quality.npz``
+    and ``config.json["quality"]``; returns that entry.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    from .data import load_pixels
+    from .model import KERAS_FILE, SkinmoleModel, _verify, read_config, write_config
+
+    folder = Path(model_folder)
+    config = read_config(folder)
+    _verify(folder, config, "weights_sha256", config.get("weights_file", KERAS_FILE))
+    base = {k: v for k, v in config.items() if k != "quality"}
+    model = SkinmoleModel(folder, base, engine="auto")
+    size = model.input_size
+
+    x_train = load_pixels(train_set, size, cache_dir)
+    x_val = load_pixels(val_set, size, cache_dir)
+    log(f"quality gate: features of {len(x_train)} train / {len(x_val)} val images")
+    f_train = _features(model, x_train, batch_size)
+    f_val = _features(model, x_val, batch_size)
+
+    stats_train = pixel_stats(x_train)
+    sides_train = _short_sides(train_set.paths)
+    thresholds = pixel_thresholds(stats_train, sides_train, size)
+
+    lw = LedoitWolf(assume_centered=False).fit(normalise(f_train).astype(np.float64))
+    mean = lw.location_.astype(np.float32)
+    precision = lw.precision_.astype(np.float32)
+    d_val = mahalanobis(normalise(f_val), mean, precision)
+    ood_max = float(np.quantile(d_val, OOD_QUANTILE) * OOD_MARGIN)
+
+    path = folder / QUALITY_FILE
+    np.savez(path, mean=mean, precision=precision)
+    entry = {
+        "version": GATE_VERSION,
+        "file": QUALITY_FILE,
+        "sha256": sha256_file(path),
+        **thresholds,
+        "ood_max": ood_max,
+        "stats_size": size,
+        "feature_dim": int(mean.shape[0]),
+        "feature_transform": "l2-normalised penultimate features",
+        "shrinkage": float(lw.shrinkage_),
+        "rules": {
+            "pixel": (f"training images' {PIXEL_PERCENTILE:g}th percentile (brightness also "
+                      f"{100 - PIXEL_PERCENTILE:g}th) of each statistic on the {size}x{size} model input, "
+                      f"moved {PIXEL_MARGIN:g} of the way to the extreme (0 or 255)"),
+            "min_side": (f"{PIXEL_MARGIN:g} x the training images' {SIDE_PERCENTILE:g}st-percentile shorter side, "
+                         "at most half the model input size"),
+            "ood": (f"Mahalanobis distance of L2-normalised penultimate features to the training images' (Ledoit-Wolf "
+                    f"shrinkage covariance); threshold = {OOD_QUANTILE:g} quantile of validation distances "
+                    f"x {OOD_MARGIN:g}"),
+        },
+        "fitted_on": {"train": f"{train_set.source} ({len(train_set)} images)",
+                      "val": f"{val_set.source} ({len(val_set)} images)"},
+        "train_stats": {k: _summary(v) for k, v in stats_train.items()},
+    }
+    gate = QualityGate(entry, mean, precision)
+    sides_val = _short_sides(val_set.paths)
+    failed = gate.failed_checks(sides_val, pixel_stats(x_val), d_val)
+    entry["val_accepted"] = round(float(np.mean([not f for f in failed])), 4)
+    entry["val_ood_accepted"] = round(float(np.mean(d_val <= ood_max)), 4)
+    config = read_config(folder)
+    config["quality"] = entry
+    write_config(folder, config)
+    log(f"quality gate: {entry['val_accepted']:.2%} of validation images accepted; wrote {path}")
+    return entry

@@ -1,0 +1,59 @@
+"""scripts/benchmark.py runs end to end on a tiny input (--quick) and writes its JSON; no timing asserts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from skinmole.model import BUNDLED_MODEL, read_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "skinmole" / "samples"
+
+
+@pytest.fixture(scope="module")
+def onnx_folder(tmp_path_factory):
+    """The bundled model with an ONNX file (exported into a copy when the bundled one has none)."""
+    if read_config(BUNDLED_MODEL).get("onnx_file"):
+        return BUNDLED_MODEL
+    pytest.importorskip("onnx", reason="ONNX export needs the 'onnx' package (dev extra)")
+    from skinmole.onnx_export import export_model_folder
+
+    folder = tmp_path_factory.mktemp("bench") / "model"
+    shutil.copytree(BUNDLED_MODEL, folder)
+    export_model_folder(folder)
+    return folder
+
+
+def test_benchmark_quick_runs_and_writes_json(onnx_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    res = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", "--quick", "--skip-keras", "--n", "4", "--model", str(onnx_folder),
+         "--images", str(SAMPLES), "--output", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["engine"] == "onnx"
+    assert data["arrays"]["n"] == 4 and data["files"]["n"] == 4
+    for key in ("predict", "engine", "onnxruntime_one_call"):
+        assert data["arrays"][key]["images_per_s"] > 0
+    assert data["single"]["p50_ms"]["median"] <= data["single"]["p95_ms"]["median"]
+    assert data["cold_start"]["imported_tensorflow"] is False
+    assert data["cold_start"]["engine"] == "onnx"
+    mem = data["memory"]["all"]
+    assert mem["exit"] == 0 and mem["output_lines"] == mem["images"] == len(list(SAMPLES.glob("*.jpg")))
+    assert mem["peak_rss_mb"] > 0
+    assert "cold start" in res.stdout and "predict() / engine time" in res.stdout
+
+
+def test_benchmark_rejects_a_missing_image_source(tmp_path):
+    res = subprocess.run([sys.executable, "scripts/benchmark.py", "--quick", "--images", str(tmp_path / "nope")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode != 0 and "not a folder or a CSV" in res.stderr

