@@ -56,7 +56,8 @@ def _start_app(model_source):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo.launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    info = {"model": {k: model.config.get(k) for k in ("name", "version", "architecture", "input_size")},
+    info = {"model_source": str(model_source) if model_source else "bundled",
+            "model": {k: model.config.get(k) for k in ("name", "version", "architecture", "input_size")},
             "concurrency_limit": demo.CONCURRENCY, "queue_max_size": demo.QUEUE_SIZE}
     return app, f"http://127.0.0.1:{port}/", info
 

@@ -70,12 +70,21 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
-def timed(fn, repeats: int) -> list[float]:
-    out = []
+class Times(list):
+    """Wall-clock seconds per run, with the process CPU seconds (all threads) in ``.cpu``."""
+
+    def __init__(self):
+        super().__init__()
+        self.cpu: list[float] = []
+
+
+def timed(fn, repeats: int) -> Times:
+    out = Times()
     for _ in range(repeats):
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         fn()
         out.append(time.perf_counter() - t)
+        out.cpu.append(time.process_time() - c)
     return out
 
 
@@ -111,7 +120,8 @@ def bench_arrays(model, paths, repeats, skip_keras) -> dict:
     out: dict = {"n": n, "engine_name": model.engine.name, "quality_gate": model.quality_gate is not None}
 
     def rate(times):
-        return {"seconds": spread(times), "images_per_s": n / statistics.median(times)}
+        return {"seconds": spread(times), "images_per_s": n / statistics.median(times),
+                "cpu_seconds": spread(times.cpu)}
 
     skinmole.predict(arrays[:8], model=model)
     out["predict"] = rate(timed(lambda: skinmole.predict(arrays, model=model), repeats))
@@ -124,6 +134,10 @@ def bench_arrays(model, paths, repeats, skip_keras) -> dict:
 
     out["engine"] = rate(timed(engine_call, repeats))
     out["predict_over_engine"] = out["predict"]["seconds"]["median"] / out["engine"]["seconds"]["median"]
+    # CPU time is far less disturbed by other processes than wall time on a shared machine
+    out["predict_over_engine_cpu"] = out["predict"]["cpu_seconds"]["median"] / out["engine"]["cpu_seconds"]["median"]
+    out["predict_no_quality_over_engine_cpu"] = (out["predict_no_quality"]["cpu_seconds"]["median"]
+                                                 / out["engine"]["cpu_seconds"]["median"])
     if model.config.get("onnx_file"):
         ort = model.engine if model.engine.name == "onnx" else OnnxEngine(model.folder / model.config["onnx_file"])
         session = ort._session  # the raw InferenceSession: the whole batch in one call
@@ -249,7 +263,8 @@ def fmt(res: dict) -> str:
 
     def rate(d):
         s = d["seconds"]
-        return f"{d['images_per_s']:.0f} img/s ({s['median']:.3f} s, min {s['min']:.3f}, max {s['max']:.3f})"
+        cpu = f", cpu {d['cpu_seconds']['median']:.3f} s" if "cpu_seconds" in d else ""
+        return f"{d['images_per_s']:.0f} img/s ({s['median']:.3f} s, min {s['min']:.3f}, max {s['max']:.3f}{cpu})"
 
     rows = []
     if "single" in res:
@@ -262,7 +277,8 @@ def fmt(res: dict) -> str:
         rows.append((f"{a['n']} arrays, predict(check_quality=False)", rate(a["predict_no_quality"])))
         rows.append((f"{a['n']} arrays as decoded (resized in predict)", rate(a["predict_decoded_size"])))
         rows.append((f"{a['n']} arrays, engine.run only (same batches)", rate(a["engine"])))
-        rows.append(("predict() / engine time", f"{a['predict_over_engine']:.2f}x"))
+        rows.append(("predict() / engine time (wall; cpu)", f"{a['predict_over_engine']:.2f}x; "
+                     f"{a['predict_over_engine_cpu']:.2f}x (no quality gate: {a['predict_no_quality_over_engine_cpu']:.2f}x)"))
         if "onnxruntime_one_call" in a:
             rows.append((f"{a['n']} arrays, raw ONNX Runtime session, one call", rate(a["onnxruntime_one_call"])))
         for key, v in a.get("onnxruntime_settings", {}).items():

@@ -14,7 +14,9 @@ import os
 import numpy as np
 
 ENGINES = ("auto", "keras", "onnx")
-DEFAULT_SPINNING = True
+# Idle ONNX Runtime threads sleep instead of busy-waiting: on a shared machine (this one trains
+# models beside serving) spinning threads steal the cores the other threads need.
+DEFAULT_SPINNING = False
 OUTPUT_NAMES = ["logits", "features"]
 # Images per ONNX Runtime call: the activations of the first stages dominate memory (~7 MB per image
 # at 128 px, held by the arena), and throughput is flat from 16 images up.

@@ -107,17 +107,21 @@ class SkinmoleModel:
         return self._engine
 
 
-def _verify(folder: Path, config: dict, file_key: str, name: str) -> None:
-    expected = config.get(file_key)
+def verify_sha256(folder: Path, name: str, expected: str | None, what: str = "the weights") -> None:
+    """Refuse a file of a model folder whose sha256 is not the one config.json records."""
     path = folder / name
     if not path.is_file():
-        raise ModelLoadError(f"{folder}: {name} is missing")
+        raise ModelLoadError(f"{folder}: {name} ({what}) is missing")
     actual = sha256_file(path)
     if expected != actual:
         raise ModelLoadError(
             f"{folder}: sha256 of {name} is {actual}, but config.json records {expected}: "
-            "the weights were changed or corrupted"
+            f"{what} were changed or corrupted"
         )
+
+
+def _verify(folder: Path, config: dict, file_key: str, name: str) -> None:
+    verify_sha256(folder, name, config.get(file_key))
 
 
 def read_config(folder: Path) -> dict:

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import ModelLoadError, sha256_file
+from .model import ModelLoadError, sha256_file, verify_sha256
 
 QUALITY_FILE = "quality.npz"
 GATE_VERSION = 1
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+BLACK_LEVEL = 24.0  # luma at or under this is the black border/background, not the lit skin
 
 # How thresholds are derived (recorded in config["quality"]["rules"] at fit time).
 PIXEL_PERCENTILE = 0.5   # low/high tail of the training images used as the reference point ...
@@ -51,7 +52,11 @@ MESSAGES = {
 def pixel_stats(batch: np.ndarray) -> dict[str, np.ndarray]:
     """Brightness (mean luma), contrast (luma std), colourfulness (mean of max - min over R, G, B:
     0 for grey) and sharpness (variance of the 4-neighbour Laplacian of the luma) of each model
-    input in ``batch`` (N, S, S, 3) uint8."""
+    input in ``batch`` (N, S, S, 3) uint8.
+
+    Brightness and colourfulness are averaged over the lit pixels (luma above ``BLACK_LEVEL``), at
+    least a quarter of the image: a dermatoscope's black field-of-view border is not underexposure.
+    """
     batch = np.asarray(batch)
     if batch.ndim != 4 or batch.shape[-1] != 3:
         raise ValueError(f"expected a (N, S, S, 3) batch, got shape {batch.shape}")
@@ -60,11 +65,13 @@ def pixel_stats(batch: np.ndarray) -> dict[str, np.ndarray]:
     chroma = np.maximum(np.maximum(r, gr), b) - np.minimum(np.minimum(r, gr), b)  # uint8, no overflow
     n = g.shape[0]
     flat = g.reshape(n, -1)
+    lit = flat > BLACK_LEVEL
+    lit_area = np.maximum(lit.sum(axis=1), 0.25 * flat.shape[1])
     lap = g[:, :-2, 1:-1] + g[:, 2:, 1:-1] + g[:, 1:-1, :-2] + g[:, 1:-1, 2:] - 4.0 * g[:, 1:-1, 1:-1]
     return {
-        "brightness": flat.mean(axis=1),
+        "brightness": np.where(lit, flat, 0).sum(axis=1) / lit_area,
         "contrast": flat.std(axis=1),
-        "colourfulness": chroma.reshape(n, -1).mean(axis=1, dtype=np.float32),
+        "colourfulness": np.where(lit, chroma.reshape(n, -1), 0).sum(axis=1, dtype=np.float32) / lit_area,
         "sharpness": lap.reshape(n, -1).var(axis=1),
     }
 
@@ -133,14 +140,7 @@ class QualityGate:
         if int(config.get("version", GATE_VERSION)) > GATE_VERSION:
             raise ModelLoadError(f"{folder}: quality gate version {config['version']} is newer than this skinmole reads")
         path = folder / name
-        if not path.is_file():
-            raise ModelLoadError(f"{folder}: {name} (the quality gate's statistics) is missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ModelLoadError(
-                f"{folder}: sha256 of {name} is {actual}, but config.json records {expected}: "
-                "the quality statistics were changed or corrupted"
-            )
+        verify_sha256(folder, name, expected, "the quality statistics")
         try:
             with np.load(path, allow_pickle=False) as z:
                 mean, precision = z["mean"], z["precision"]
@@ -204,7 +204,7 @@ class QualityGate:
                 "contrast": round(float(stats["contrast"][i]), 3),
                 "colourfulness": round(float(stats["colourfulness"][i]), 3),
                 "sharpness": round(float(stats["sharpness"][i]), 3),
-                "ood_score": round(float(ood[i]), 4),
+                "ood_score": round(float(ood[i]), 4) if np.isfinite(ood[i]) else None,
                 "ood_threshold": round(self.ood_max, 4),
             })
         return out
@@ -285,7 +285,8 @@ def fit_quality_gate(model_folder, train_set, val_set, cache_dir=".cache", *, ba
     """Fit the gate for the model in ``model_folder`` and record it there.
 
     Pixel thresholds come from ``train_set``; the feature mean and Ledoit-Wolf shrinkage precision
-    from ``train_set``'s penultimate features (the model's own engine); the distance threshold is the
+    from the penultimate features (the model's own engine) of ``train_set`` plus one
+    ``capture_variations`` copy of each image; the distance threshold is the
     ``OOD_QUANTILE`` quantile of ``val_set``'s distances times ``OOD_MARGIN``. Writes ``quality.npz``
     and ``config.json["quality"]``; returns that entry.
     """
@@ -311,10 +312,15 @@ def fit_quality_gate(model_folder, train_set, val_set, cache_dir=".cache", *, ba
     sides_train = _short_sides(train_set.paths)
     thresholds = pixel_thresholds(stats_train, sides_train, size)
 
-    lw = LedoitWolf(assume_centered=False).fit(normalise(f_train).astype(np.float64))
+    # The reference distribution: the training images plus one varied capture of each (other
+    # dermatoscopes' black field of view, colour casts, exposure, zoom), so that dermoscopy from other
+    # cameras is not flagged for looking unlike HAM10000's.
+    f_var = _features(model, capture_variations(x_train, seed=0), batch_size)
+    lw = LedoitWolf(assume_centered=False).fit(normalise(np.concatenate([f_train, f_var])).astype(np.float64))
     mean = lw.location_.astype(np.float32)
     precision = lw.precision_.astype(np.float32)
     d_val = mahalanobis(normalise(f_val), mean, precision)
+    d_val_var = mahalanobis(normalise(_features(model, capture_variations(x_val, seed=1), batch_size)), mean, precision)
     ood_max = float(np.quantile(d_val, OOD_QUANTILE) * OOD_MARGIN)
 
     path = folder / QUALITY_FILE
@@ -335,9 +341,12 @@ def fit_quality_gate(model_folder, train_set, val_set, cache_dir=".cache", *, ba
                       f"moved {PIXEL_MARGIN:g} of the way to the extreme (0 or 255)"),
             "min_side": (f"{PIXEL_MARGIN:g} x the training images' {SIDE_PERCENTILE:g}st-percentile shorter side, "
                          "at most half the model input size"),
-            "ood": (f"Mahalanobis distance of L2-normalised penultimate features to the training images' (Ledoit-Wolf "
-                    f"shrinkage covariance); threshold = {OOD_QUANTILE:g} quantile of validation distances "
-                    f"x {OOD_MARGIN:g}"),
+            "ood": (f"Mahalanobis distance of L2-normalised penultimate features to those of the training "
+                    f"images and one capture variation of each (Ledoit-Wolf shrinkage covariance); threshold "
+                    f"= {OOD_QUANTILE:g} quantile of validation distances x {OOD_MARGIN:g}"),
+            "capture_variations": ("one copy of each training image: black circular field of view (half of "
+                                   "them, radius 0.7-1.3 x half the side), zoom 1-1.5x (a third), per-channel "
+                                   "gain 0.88-1.12, exposure x 0.75-1.2"),
         },
         "fitted_on": {"train": f"{train_set.source} ({len(train_set)} images)",
                       "val": f"{val_set.source} ({len(val_set)} images)"},
@@ -348,6 +357,7 @@ def fit_quality_gate(model_folder, train_set, val_set, cache_dir=".cache", *, ba
     failed = gate.failed_checks(sides_val, pixel_stats(x_val), d_val)
     entry["val_accepted"] = round(float(np.mean([not f for f in failed])), 4)
     entry["val_ood_accepted"] = round(float(np.mean(d_val <= ood_max)), 4)
+    entry["val_variations_ood_accepted"] = round(float(np.mean(d_val_var <= ood_max)), 4)
     config = read_config(folder)
     config["quality"] = entry
     write_config(folder, config)

@@ -189,6 +189,16 @@ def test_real_dermoscopy_passes(gated, ham_images):
     assert all(p.malignant_probability is not None and not p.quality["issues"] for p in accepted)
 
 
+def test_black_field_of_view_border_is_not_underexposure(gated, ham_images):
+    """Many dermatoscopes leave a black circle around the lit skin: that must not read as too dark."""
+    rgb = ham_images[2]
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    ringed = np.uint8(rgb * ((yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (0.36 * min(h, w)) ** 2)[..., None])
+    q = predict(ringed, model=gated, check_quality=True).quality
+    assert not [c for c in q["failed_checks"] if c in PIXEL_CHECKS], q
+
+
 def test_ood_score_separates_non_lesion_images(gated, ham_images):
     mod = _corpus_module()
     photos = dict(mod.package_photos())
