@@ -379,6 +379,15 @@ def _catches(results: list[dict]) -> dict:
     }
 
 
+def _accepted_by(groups: list[str], results: list[dict]) -> dict:
+    """Acceptance rate per group (label or diagnosis): a gate that refuses one class more is a bias."""
+    out = {}
+    for g in sorted(set(groups)):
+        acc = [r["accepted"] for gg, r in zip(groups, results) if gg == g]
+        out[g] = {"n": len(acc), "accepted": round(float(np.mean(acc)), 4)}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder with a quality gate (default: the bundled model)")
@@ -441,6 +450,8 @@ def main(argv=None) -> int:
             "goal": ">= 0.98",
             **_catches(pos),
             "rejected_images": real_rejected,
+            "accepted_by_label": _accepted_by(real.labels, pos),
+            **({"accepted_by_dx": _accepted_by(real.dx, pos)} if real.dx is not None else {}),
         },
         "shifted_real": {
             "note": "every 5th test image, changed to mimic other clinics' cameras (not a substitute for real external data)",
@@ -454,6 +465,7 @@ def main(argv=None) -> int:
     print(f"{real.source} accepted: {report['real']['accepted']:.1%} of {len(pos)} (goal >= 98%)")
     print("non-lesion caught by:", report["non_lesion"]["failed_check_counts"])
     print("real rejected by:", report["real"]["failed_check_counts"])
+    print("real accepted by label:", report["real"]["accepted_by_label"])
     print("shifted test images accepted:", {k: v["accepted"] for k, v in shifts.items()})
     print(f"wrote {args.output}")
     return 0

@@ -111,7 +111,7 @@ def verify_sha256(folder: Path, name: str, expected: str | None, what: str = "th
     """Refuse a file of a model folder whose sha256 is not the one config.json records."""
     path = folder / name
     if not path.is_file():
-        raise ModelLoadError(f"{folder}: {name} ({what}) is missing")
+        raise ModelLoadError(f"{folder}: {name} is missing ({what})")
     actual = sha256_file(path)
     if expected != actual:
         raise ModelLoadError(

@@ -21,7 +21,7 @@ SAMPLES = (
     Sample("ISIC_0024317.jpg", "nv", "benign"),
     Sample("ISIC_0024371.jpg", "bkl", "benign"),
     Sample("ISIC_0025668.jpg", "df", "benign"),
-    Sample("ISIC_0024545.jpg", "mel", "malignant"),
+    Sample("ISIC_0024733.jpg", "mel", "malignant"),
     Sample("ISIC_0024331.jpg", "bcc", "malignant"),
     Sample("ISIC_0024517.jpg", "akiec", "malignant"),
 )

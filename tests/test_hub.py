@@ -416,7 +416,7 @@ def test_model_card_md_links_are_made_to_work_in_the_repo(small_model, tmp_path)
     into card_assets/, and a dangling link is reported."""
     model = tmp_path / "checkout" / "models" / "m"
     shutil.copytree(small_model, model)
-    (model / "plots").mkdir()
+    (model / "plots").mkdir(exist_ok=True)
     (model / "plots" / "roc.png").write_bytes(b"\x89PNG roc")
     (tmp_path / "checkout" / "docs").mkdir()
     (tmp_path / "checkout" / "docs" / "arch.png").write_bytes(b"\x89PNG arch")

@@ -1,0 +1,51 @@
+"""Does test-time augmentation help? Validation ROC AUC of single views vs averaged flips/rotations.
+
+    python scripts/tta_experiment.py [--model SOURCE] [--split val]
+
+Measured on validation only (the test split is for reporting). The answer decides whether
+``predict`` should pay several model calls per image.
+"""
+
+import argparse
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from skinmole import load_model
+from skinmole.calibration import malignant_probability, probabilities
+from skinmole.data import ham10000_root, load_pixels, read_csv
+
+VIEWS = {
+    "original": lambda x: x,
+    "flip left-right": lambda x: x[:, :, ::-1],
+    "flip up-down": lambda x: x[:, ::-1],
+    "rotate 180": lambda x: x[:, ::-1, ::-1],
+    "rotate 90": lambda x: np.rot90(x, 1, (1, 2)),
+    "rotate 270": lambda x: np.rot90(x, 3, (1, 2)),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default=None)
+    p.add_argument("--split", default="val")
+    args = p.parse_args()
+    model = load_model(args.model)
+    root = ham10000_root()
+    if root is None:
+        raise SystemExit("HAM10000 not found: set SKINMOLE_HAM10000")
+    s = read_csv(root / "labels.csv", split=args.split)
+    x = load_pixels(s, model.input_size, ".cache")
+    scores = {}
+    for name, view in VIEWS.items():
+        v = np.ascontiguousarray(view(x))
+        logits = np.concatenate([model.engine.run(v[i:i + 64])[0] for i in range(0, len(v), 64)])
+        scores[name] = malignant_probability(probabilities(logits, model.temperature), model.class_names, model.malignant_classes)
+        print(f"{args.split} ROC AUC, {name:16s} {roc_auc_score(s.y, scores[name]):.4f}")
+    four = np.mean([scores[k] for k in list(VIEWS)[:4]], axis=0)
+    print(f"{args.split} ROC AUC, mean of 4 flips   {roc_auc_score(s.y, four):.4f}")
+    print(f"{args.split} ROC AUC, mean of 6 views   {roc_auc_score(s.y, np.mean(list(scores.values()), axis=0)):.4f}")
+
+
+if __name__ == "__main__":
+    main()
