@@ -443,6 +443,14 @@ def evaluate(model, labelled_set, *, batch_size: int = 64, n_bootstrap: int = N_
 
 # --------------------------------------------------------------------------- plots
 
+def _save(plt, fig, path: Path) -> Path:
+    """Lay out, write and close one figure; returns its path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _confusion_plot(plt, matrix, names, title, path):
     cm = np.asarray(matrix, dtype=np.float64)
     rows = cm.sum(axis=1, keepdims=True)
@@ -458,9 +466,7 @@ def _confusion_plot(plt, matrix, names, title, path):
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title + "\n(count, fraction of true row)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_metrics(metrics: dict, output_dir, title: str = "") -> list[Path]:
@@ -490,10 +496,7 @@ def plot_metrics(metrics: dict, output_dir, title: str = "") -> list[Path]:
         ax.set_ylabel("sensitivity (true positive rate)")
         ax.set_title(f"{prefix}ROC, malignant vs benign (n={metrics['n']})", fontsize=9)
         ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "roc.png", dpi=110)
-        plt.close(fig)
-        written.append(out / "roc.png")
+        written.append(_save(plt, fig, out / "roc.png"))
 
     if "pr" in curves:
         fig, ax = plt.subplots(figsize=(4.8, 4.5))
@@ -508,10 +511,7 @@ def plot_metrics(metrics: dict, output_dir, title: str = "") -> list[Path]:
         ax.set_ylim(0, 1.02)
         ax.set_title(f"{prefix}precision-recall (n={metrics['n']})", fontsize=9)
         ax.legend(loc="lower left", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "pr.png", dpi=110)
-        plt.close(fig)
-        written.append(out / "pr.png")
+        written.append(_save(plt, fig, out / "pr.png"))
 
     b = metrics["binary"]
     _confusion_plot(plt, b["confusion_matrix"], b["class_names"],
@@ -538,10 +538,7 @@ def plot_metrics(metrics: dict, output_dir, title: str = "") -> list[Path]:
     ax2.set_yscale("log")
     ax2.set_ylabel("count")
     ax2.set_xlabel("predicted malignant probability")
-    fig.tight_layout()
-    fig.savefig(out / "reliability.png", dpi=110)
-    plt.close(fig)
-    written.append(out / "reliability.png")
+    written.append(_save(plt, fig, out / "reliability.png"))
     return written
 
 
