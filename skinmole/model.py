@@ -120,10 +120,6 @@ def verify_sha256(folder: Path, name: str, expected: str | None, what: str = "th
         )
 
 
-def _verify(folder: Path, config: dict, file_key: str, name: str) -> None:
-    verify_sha256(folder, name, config.get(file_key))
-
-
 def read_config(folder: Path) -> dict:
     cfg_path = folder / CONFIG_FILE
     if not cfg_path.is_file():
@@ -144,9 +140,9 @@ def load_model_folder(folder, engine: str = "auto") -> SkinmoleModel:
     """Load a local model folder after checking every recorded sha256."""
     folder = Path(folder)
     config = read_config(folder)
-    _verify(folder, config, "weights_sha256", config.get("weights_file", KERAS_FILE))
+    verify_sha256(folder, config.get("weights_file", KERAS_FILE), config["weights_sha256"])
     if config.get("onnx_file"):
-        _verify(folder, config, "onnx_sha256", config["onnx_file"])
+        verify_sha256(folder, config["onnx_file"], config.get("onnx_sha256"), "the ONNX weights")
     model = SkinmoleModel(folder, config, engine)
     model.quality_gate  # noqa: B018 - load and sha256-check the quality statistics now, not at first predict
     return model

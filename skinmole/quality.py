@@ -293,11 +293,11 @@ def fit_quality_gate(model_folder, train_set, val_set, cache_dir=".cache", *, ba
     from sklearn.covariance import LedoitWolf
 
     from .data import load_pixels
-    from .model import KERAS_FILE, SkinmoleModel, _verify, read_config, write_config
+    from .model import KERAS_FILE, SkinmoleModel, read_config, write_config
 
     folder = Path(model_folder)
     config = read_config(folder)
-    _verify(folder, config, "weights_sha256", config.get("weights_file", KERAS_FILE))
+    verify_sha256(folder, config.get("weights_file", KERAS_FILE), config["weights_sha256"])
     base = {k: v for k, v in config.items() if k != "quality"}
     model = SkinmoleModel(folder, base, engine="auto")
     size = model.input_size
