@@ -78,13 +78,16 @@ class Times(list):
         self.cpu: list[float] = []
 
 
-def timed(fn, repeats: int) -> Times:
-    out = Times()
+def timed(fns: dict, repeats: int) -> dict[str, Times]:
+    """Time each of ``fns`` once per round, ``repeats`` rounds, interleaved: a slow spell of a shared
+    machine (or a warming cache) then hits every variant alike instead of whichever ran at the time."""
+    out = {name: Times() for name in fns}
     for _ in range(repeats):
-        c, t = time.process_time(), time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-        out.cpu.append(time.process_time() - c)
+        for name, fn in fns.items():
+            c, t = time.process_time(), time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t)
+            out[name].cpu.append(time.process_time() - c)
     return out
 
 
@@ -123,40 +126,43 @@ def bench_arrays(model, paths, repeats, skip_keras) -> dict:
         return {"seconds": spread(times), "images_per_s": n / statistics.median(times),
                 "cpu_seconds": spread(times.cpu)}
 
-    skinmole.predict(arrays[:8], model=model)
-    out["predict"] = rate(timed(lambda: skinmole.predict(arrays, model=model), repeats))
-    out["predict_no_quality"] = rate(timed(lambda: skinmole.predict(arrays, model=model, check_quality=False), repeats))
-    out["predict_decoded_size"] = rate(timed(lambda: skinmole.predict(decoded, model=model), repeats))
-
     def engine_call():
         for i in range(0, n, DEFAULT_BATCH):
             model.engine.run(batch[i:i + DEFAULT_BATCH])
 
-    out["engine"] = rate(timed(engine_call, repeats))
+    runs = {
+        "predict": lambda: skinmole.predict(arrays, model=model),
+        "predict_no_quality": lambda: skinmole.predict(arrays, model=model, check_quality=False),
+        "predict_decoded_size": lambda: skinmole.predict(decoded, model=model),
+        "engine": engine_call,
+    }
+    variants = {}  # ONNX Runtime thread settings, same 64-image batches; timed apart, as a spinning
+    if model.config.get("onnx_file"):  # session's idle threads would take CPU from whatever runs next
+        ort = model.engine if model.engine.name == "onnx" else OnnxEngine(model.folder / model.config["onnx_file"])
+        session = ort._session  # the raw InferenceSession: the whole batch in one call
+        runs["onnxruntime_one_call"] = lambda: session.run(None, {"pixels": batch})
+        for threads, spinning in ((None, False), (1, False), (None, True)):
+            eng = OnnxEngine(model.folder / model.config["onnx_file"], threads=threads, spinning=spinning)
+            variants[f"threads={eng.threads},spinning={int(spinning)}"] = (
+                lambda eng=eng: [eng.run(batch[i:i + DEFAULT_BATCH]) for i in range(0, n, DEFAULT_BATCH)])
+    for fn in [*runs.values(), *variants.values()]:  # warm-up: first-call allocations, thread start-up
+        fn()
+    times = timed(runs, repeats)
+    for name in ("predict", "predict_no_quality", "predict_decoded_size", "engine", "onnxruntime_one_call"):
+        if name in times:
+            out[name] = rate(times[name])
     out["predict_over_engine"] = out["predict"]["seconds"]["median"] / out["engine"]["seconds"]["median"]
     # CPU time is far less disturbed by other processes than wall time on a shared machine
     out["predict_over_engine_cpu"] = out["predict"]["cpu_seconds"]["median"] / out["engine"]["cpu_seconds"]["median"]
     out["predict_no_quality_over_engine_cpu"] = (out["predict_no_quality"]["cpu_seconds"]["median"]
                                                  / out["engine"]["cpu_seconds"]["median"])
-    if model.config.get("onnx_file"):
-        ort = model.engine if model.engine.name == "onnx" else OnnxEngine(model.folder / model.config["onnx_file"])
-        session = ort._session  # the raw InferenceSession: the whole batch in one call
-        session.run(None, {"pixels": batch[:8]})
-        out["onnxruntime_one_call"] = rate(timed(lambda: session.run(None, {"pixels": batch}), repeats))
-    if model.config.get("onnx_file"):  # ONNX Runtime thread settings, same 64-image batches
-        variants = {}
-        for threads, spinning in ((None, True), (None, False), (1, False)):
-            eng = OnnxEngine(model.folder / model.config["onnx_file"], threads=threads, spinning=spinning)
-            eng.run(batch[:8])
-            times = timed(lambda: [eng.run(batch[i:i + DEFAULT_BATCH]) for i in range(0, n, DEFAULT_BATCH)], repeats)
-            variants[f"threads={eng.threads},spinning={int(spinning)}"] = rate(times)
-            del eng
-        out["onnxruntime_settings"] = variants
+    if variants:
+        out["onnxruntime_settings"] = {k: rate(v) for k, v in timed(variants, repeats).items()}
     if not skip_keras:
         km = model.keras_model
         x = batch.astype(np.float32)
         km.predict(x[:8], verbose=0)
-        out["keras_predict"] = rate(timed(lambda: km.predict(x, batch_size=DEFAULT_BATCH, verbose=0), repeats))
+        out["keras_predict"] = rate(timed({"k": lambda: km.predict(x, batch_size=DEFAULT_BATCH, verbose=0)}, repeats)["k"])
     return out
 
 
@@ -166,9 +172,10 @@ def bench_files(model, paths, repeats) -> dict:
     n = len(paths)
     out = {"n": n}
     skinmole.predict(paths[:8], model=model)
-    for key, workers in (("overlapped", None), ("inline_decode", 0)):
-        times = timed(lambda: skinmole.predict(paths, model=model, workers=workers), repeats)
-        out[key] = {"seconds": spread(times), "images_per_s": n / statistics.median(times)}
+    times = timed({key: (lambda workers=workers: skinmole.predict(paths, model=model, workers=workers))
+                   for key, workers in (("overlapped", None), ("inline_decode", 0))}, repeats)
+    for key, t in times.items():
+        out[key] = {"seconds": spread(t), "images_per_s": n / statistics.median(t)}
     return out
 
 

@@ -363,7 +363,7 @@ def assess_images(model, rgbs: list[np.ndarray], batch_size: int = 32) -> list[d
         chunk = rgbs[i:i + batch_size]
         batch = np.stack([to_model_input(r, model.input_size) for r in chunk])
         _, feats = model.engine.run(batch)
-        out += gate.assess(chunk, batch, feats)
+        out += gate.assess([(r.shape[1], r.shape[0]) for r in chunk], batch, feats)
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import load_image, to_model_input
+from .images import load_model_input
 
 DX_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 MALIGNANT_DX = ["akiec", "bcc", "mel"]
@@ -171,7 +171,7 @@ def load_pixels(s: LabelledSet, size: int, cache_dir=None, workers: int = 4) -> 
             return np.load(cache_file)
 
     def one(path):
-        return to_model_input(load_image(path), size)
+        return load_model_input(path, size)[0]
 
     with ThreadPoolExecutor(workers) as pool:
         out = np.stack(list(pool.map(one, s.paths)))

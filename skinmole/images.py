@@ -2,7 +2,8 @@
 
 ``load_image`` accepts a path, bytes, a binary file object, a PIL image or a numpy array and returns
 RGB uint8 (EXIF orientation applied, every PIL mode converted). ``to_model_input`` resizes; training
-and inference both call it, so a served model sees exactly what it was trained on. Anything that is
+and inference both call it, so a served model sees exactly what it was trained on. ``load_model_input``
+does both in one step with the same pixels (the hot path of ``predict``: no full-size array copies). Anything that is
 not a complete, reasonably sized raster image raises ``InvalidImageError`` naming the input.
 """
 
@@ -102,7 +103,7 @@ def _decode(data: bytes, name: str) -> Image.Image:
             _check_pixels(*im.size, name)
             im.seek(0)  # animated images: the first frame
             im.load()
-            im = ImageOps.exif_transpose(im)
+            ImageOps.exif_transpose(im, in_place=True)  # our own image: no copy when upright
     except InvalidImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -130,7 +131,7 @@ def _pil_to_rgb(im: Image.Image, name: str) -> np.ndarray:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
     try:
-        rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
     except ValueError as exc:  # a mode PIL cannot convert to RGB (e.g. premultiplied "La")
         raise InvalidImageError(f"{name}: unsupported colour mode {mode} ({exc})") from exc
     return np.ascontiguousarray(rgb)
@@ -182,13 +183,36 @@ def load_image(source, name: str | None = None) -> np.ndarray:
         except (OSError, ValueError) as exc:
             raise InvalidImageError(f"{name}: image data is truncated or corrupt ({exc})") from exc
         return _pil_to_rgb(im, name)
+    return _pil_to_rgb(_decode(_read_bytes(_as_path(source), name), name), name)
+
+
+def _as_path(source):
+    """Any os.PathLike as a Path (``_read_bytes`` reads str and Path)."""
     if isinstance(source, os.PathLike) and not isinstance(source, Path):
-        source = Path(os.fspath(source))
-    return _pil_to_rgb(_decode(_read_bytes(source, name), name), name)
+        return Path(os.fspath(source))
+    return source
+
+
+def _resize(im: Image.Image, size: int) -> np.ndarray:
+    return np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
 def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize RGB uint8 to ``size`` x ``size`` (bilinear with antialiasing), the model's input."""
     if rgb.shape[0] == size and rgb.shape[1] == size:
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    return _resize(Image.fromarray(rgb), size)
+
+
+def load_model_input(source, size: int, name: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(to_model_input(load_image(source), size), (width, height) of the decoded image)``: the same
+    pixels, but an RGB file is resized straight from the decoder, without two full-size copies."""
+    name = name or describe(source)
+    if isinstance(source, (np.ndarray, Image.Image)):
+        rgb = load_image(source, name)
+    else:
+        im = _decode(_read_bytes(_as_path(source), name), name)
+        if im.mode == "RGB":
+            return (_resize(im, size) if im.size != (size, size) else np.asarray(im, dtype=np.uint8)), im.size
+        rgb = _pil_to_rgb(im, name)
+    return to_model_input(rgb, size), (int(rgb.shape[1]), int(rgb.shape[0]))

@@ -17,7 +17,7 @@ import numpy as np
 
 from .calibration import malignant_probability, probabilities
 from .engines import cpu_cores
-from .images import InvalidImageError, describe, load_image, to_model_input
+from .images import InvalidImageError, describe, load_model_input
 from .model import SkinmoleModel, default_model, load_model
 
 DEFAULT_BATCH = 64
@@ -56,19 +56,18 @@ def _resolve(model) -> SkinmoleModel:
     return default_model() if model is None else load_model(model)
 
 
-def _predict_decoded(rgbs: list[np.ndarray], model: SkinmoleModel, check_quality: bool,
-                     inputs: list[np.ndarray] | None = None) -> list[Prediction]:
-    if inputs is None:
-        inputs = [to_model_input(rgb, model.input_size) for rgb in rgbs]
+def _predict_decoded(inputs: list[np.ndarray], sizes: list[tuple[int, int]], model: SkinmoleModel,
+                     check_quality: bool) -> list[Prediction]:
+    """Predictions for model inputs, given each original image's (width, height) for the gate."""
     batch = np.stack(inputs)
     logits, features = model.engine.run(batch)
     probs = probabilities(logits, model.temperature)
     p_mal = malignant_probability(probs, model.class_names, model.malignant_classes)
     gate = model.quality_gate if check_quality else None
-    quality = gate.assess(rgbs, batch, features) if gate is not None else None
+    quality = gate.assess(sizes, batch, features) if gate is not None else None
     info = {"name": model.config.get("name", ""), "version": model.version, "architecture": model.config["architecture"]}
     out = []
-    for i in range(len(rgbs)):
+    for i in range(len(inputs)):
         q = quality[i] if quality is not None else {"accepted": True, "issues": [], "checked": False}
         accepted = q["accepted"]
         p = float(p_mal[i])
@@ -97,7 +96,8 @@ def predict(images, model=None, *, check_quality: bool = True, batch_size: int =
     """
     m = _resolve(model)
     if not _is_batch(images):
-        return _predict_decoded([load_image(images)], m, check_quality)[0]
+        model_input, size = load_model_input(images, m.input_size)
+        return _predict_decoded([model_input], [size], m, check_quality)[0]
     out: list[Prediction] = []
     for _, result in iter_predict(images, m, check_quality=check_quality, batch_size=batch_size, workers=workers):
         if isinstance(result, InvalidImageError):
@@ -107,12 +107,12 @@ def predict(images, model=None, *, check_quality: bool = True, batch_size: int =
 
 
 def _decode_chunk(chunk: list, size: int) -> list:
-    """Decode and resize one chunk: ``(rgb, model input)`` or the ``InvalidImageError`` per source."""
+    """Decode and resize one chunk: ``(model input, (width, height))`` or the ``InvalidImageError``
+    per source."""
     decoded = []
     for src in chunk:
         try:
-            rgb = load_image(src, str(src) if isinstance(src, (str, Path)) else describe(src))
-            decoded.append((rgb, to_model_input(rgb, size)))
+            decoded.append(load_model_input(src, size, str(src) if isinstance(src, (str, Path)) else describe(src)))
         except InvalidImageError as exc:
             decoded.append(exc)
     return decoded
@@ -152,8 +152,8 @@ def iter_predict(sources: Iterable, model=None, *, check_quality: bool = True, b
     """Yield ``(source, Prediction or InvalidImageError)`` in input order, holding a few chunks at a time.
 
     Decoding and resizing run in ``workers`` background threads (default: 1 per 2 cores, at least 1;
-    0 decodes inline) while the engine runs the previous chunk; preprocessing is exactly ``load_image``
-    then ``to_model_input``, as in training.
+    0 decodes inline) while the engine runs the previous chunk; preprocessing gives exactly the pixels
+    of ``load_image`` then ``to_model_input``, as in training.
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -162,8 +162,8 @@ def iter_predict(sources: Iterable, model=None, *, check_quality: bool = True, b
         workers = DEFAULT_WORKERS
     for chunk, decoded in _decoded_chunks(sources, m.input_size, batch_size, workers):
         good = [i for i, d in enumerate(decoded) if not isinstance(d, InvalidImageError)]
-        preds = _predict_decoded([decoded[i][0] for i in good], m, check_quality,
-                                 inputs=[decoded[i][1] for i in good]) if good else []
+        preds = _predict_decoded([decoded[i][0] for i in good], [decoded[i][1] for i in good], m,
+                                 check_quality) if good else []
         by_index = dict(zip(good, preds))
         for i, src in enumerate(chunk):
             yield src, by_index.get(i, decoded[i])

@@ -462,3 +462,45 @@ def test_exif_rotated_jpeg_predicts_like_the_rotated_pixels(rgb, prob):
     stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     manually = np.ascontiguousarray(np.rot90(stored, -1))
     assert prob(data) == pytest.approx(prob(manually), abs=PROB_TOL)
+
+
+# ---------------------------------------------------------------- the one-step path predict uses
+
+def _one_step_cases(rgb: np.ndarray) -> dict:
+    cases = {kind: data for kind, data in _rgb_copies(rgb).items()}
+    cases.update({f"JPEG EXIF {o}": jpeg_with_orientation(rgb, o) for o in range(1, 9)})
+    cases["gray PNG"] = encode(Image.fromarray(rgb).convert("L"), "PNG")
+    cases["palette PNG"] = encode(Image.fromarray(rgb).convert("P"), "PNG")
+    cases["JPEG at the model size"] = encode(Image.fromarray(rgb).resize((32, 32)), "JPEG")
+    cases["array"] = rgb
+    cases["PIL image"] = Image.open(io.BytesIO(jpeg_with_orientation(rgb, 6)))
+    return cases
+
+
+@pytest.mark.parametrize("size", [32, 128])
+def test_load_model_input_gives_the_pixels_of_load_image_then_to_model_input(rgb, size, tmp_path):
+    for kind, source in _one_step_cases(rgb).items():
+        if kind == "JPEG at the model size" and size != 32:
+            continue
+        expected = skinmole.to_model_input(load_image(source), size)
+        for src in ((source, _write(tmp_path, "one_step.img", source)) if isinstance(source, bytes) else (source,)):
+            got, (w, h) = images.load_model_input(src, size)
+            np.testing.assert_array_equal(got, expected, err_msg=kind)
+            assert got.shape == (size, size, 3) and got.dtype == np.uint8
+            assert (h, w) == load_image(source).shape[:2], kind
+
+
+def test_load_model_input_leaves_a_callers_pil_image_untouched(rgb):
+    im = Image.open(io.BytesIO(jpeg_with_orientation(rgb, 6)))
+    im.load()
+    before = np.asarray(im).copy()
+    images.load_model_input(im, 32)
+    np.testing.assert_array_equal(np.asarray(im), before)
+    assert im.getexif().get(0x0112) == 6
+
+
+def test_load_model_input_raises_the_same_typed_error(tmp_path):
+    with pytest.raises(InvalidImageError, match="not a recognised image"):
+        images.load_model_input(b"not an image at all", 32)
+    with pytest.raises(InvalidImageError, match="no such file"):
+        images.load_model_input(tmp_path / "missing.jpg", 32)
