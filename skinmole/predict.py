@@ -6,6 +6,7 @@ streams any number of inputs in chunks and yields an error instead of raising, f
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,15 +57,30 @@ def _resolve(model) -> SkinmoleModel:
     return default_model() if model is None else load_model(model)
 
 
+_SIDE: list[ThreadPoolExecutor] = []
+_SIDE_LOCK = threading.Lock()
+
+
+def _side_thread() -> ThreadPoolExecutor:
+    """One long-lived worker for work that runs beside the engine (made on first use)."""
+    with _SIDE_LOCK:
+        if not _SIDE:
+            _SIDE.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="skinmole-gate"))
+        return _SIDE[0]
+
+
 def _predict_decoded(inputs: list[np.ndarray], sizes: list[tuple[int, int]], model: SkinmoleModel,
                      check_quality: bool) -> list[Prediction]:
     """Predictions for model inputs, given each original image's (width, height) for the gate."""
     batch = np.stack(inputs)
+    gate = model.quality_gate if check_quality else None
+    # The gate's pixel statistics need only the pixels: computed in a side thread while the engine
+    # runs (the engine's threads leave a core idle between layers; numpy and ORT release the GIL).
+    stats = _side_thread().submit(gate.pixel_stats, batch) if gate is not None else None
     logits, features = model.engine.run(batch)
     probs = probabilities(logits, model.temperature)
     p_mal = malignant_probability(probs, model.class_names, model.malignant_classes)
-    gate = model.quality_gate if check_quality else None
-    quality = gate.assess(sizes, batch, features) if gate is not None else None
+    quality = gate.assess(sizes, batch, features, stats.result()) if gate is not None else None
     info = {"name": model.config.get("name", ""), "version": model.version, "architecture": model.config["architecture"]}
     out = []
     for i in range(len(inputs)):

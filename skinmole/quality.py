@@ -188,16 +188,26 @@ class QualityGate:
         n = len(ood)
         return [[c for c in CHECK_ORDER if flags[c][i]] for i in range(n)]
 
-    def assess(self, sizes, batch: np.ndarray, features: np.ndarray) -> list[dict]:
+    def pixel_stats(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The pixel statistics of model inputs, as the thresholds were fitted. Needs no model
+        output, so ``predict`` runs it beside the engine, on the core the engine leaves idle."""
+        with _one_blas_thread():
+            return pixel_stats(self._stats_batch(np.asarray(batch)))
+
+    def assess(self, sizes, batch: np.ndarray, features: np.ndarray, stats: dict | None = None) -> list[dict]:
         """One JSON-ready dict per image: accepted, issues (plain language), checked, scores.
 
         ``sizes``: each original image's (width, height); ``batch``: the model inputs;
-        ``features``: the engine's penultimate features for them."""
+        ``features``: the engine's penultimate features for them; ``stats``: ``self.pixel_stats(batch)``
+        if already computed."""
         batch = np.asarray(batch)
         if len(sizes) != len(batch) or len(batch) != len(features):
             raise ValueError("sizes, batch and features must hold the same number of images")
+        if stats is None:
+            stats = self.pixel_stats(batch)
+        elif any(len(v) != len(batch) for v in stats.values()):
+            raise ValueError("stats must hold one value per image")
         with _one_blas_thread():
-            stats = pixel_stats(self._stats_batch(batch))
             ood = self.ood_scores(features)
         sizes = [(int(w), int(h)) for w, h in sizes]
         failed = self.failed_checks([min(w, h) for w, h in sizes], stats, ood)

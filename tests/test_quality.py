@@ -244,3 +244,17 @@ def test_assess_rejects_mismatched_inputs(gated):
                     np.zeros((2, gate.mean.shape[0]), np.float32))
     with pytest.raises(ValueError):
         gate.assess([(8, 8)], np.zeros((1, 16, 16, 3), np.uint8), np.zeros((1, 3)))
+
+
+def test_stats_computed_beside_the_engine_give_the_same_verdicts(gated, ham_images):
+    gate = gated.quality_gate
+    rgbs = ham_images[:4]
+    batch = np.stack([np.asarray(Image.fromarray(r).resize((gated.input_size,) * 2)) for r in rgbs])
+    batch[1] //= 8  # one too dark image, so the verdicts differ between images
+    sizes = [(r.shape[1], r.shape[0]) for r in rgbs]
+    feats = gated.engine.run(batch)[1]
+    alone = gate.assess(sizes, batch, feats)
+    assert alone == gate.assess(sizes, batch, feats, gate.pixel_stats(batch))
+    assert not alone[1]["accepted"] and "too_dark" in alone[1]["failed_checks"]
+    with pytest.raises(ValueError, match="one value per image"):
+        gate.assess(sizes, batch, feats, gate.pixel_stats(batch[:2]))
