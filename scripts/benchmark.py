@@ -9,8 +9,9 @@ What it measures (medians over ``--repeats`` runs, with min and max):
     and without the quality gate), through the engine alone (same arrays, same 64-image batches),
     through ONNX Runtime in one call and through the raw ``keras_model.predict``; and the arrays as
     decoded (``predict`` resizes them);
-  * images per second end to end from JPEG files (``predict(list_of_paths)``: decode + resize +
-    model, decoding overlapped with the model), and the same with decoding inline;
+  * images per second end to end from a folder of JPEG files (``predict(list_of_paths)``: decode +
+    resize + model + quality gate, decoding overlapped with the model), and the same with decoding
+    inline; ``--files-n`` images (default: every timing image, i.e. HAM10000's 1,520 test images);
   * cold start: a fresh process importing skinmole, loading the model and predicting one image
     (and whether that process imported TensorFlow);
   * peak memory (ru_maxrss) of a process running ``skinmole predict --json`` over many images, and
@@ -318,6 +319,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=256, help="images in the batch tests (default 256)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per measurement (default 5)")
     parser.add_argument("--single-calls", type=int, default=50, help="predict() calls per single-image run")
+    parser.add_argument("--files-n", type=int, default=None,
+                        help="images in the JPEG-folder run (default: all timing images)")
     parser.add_argument("--memory-n", type=int, default=None, help="images for the CLI memory run (default: all)")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     parser.add_argument("--quick", action="store_true", help="a few images, one repeat (for tests)")
@@ -325,6 +328,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.repeats, args.single_calls = min(args.n, 8), 1, 5
+        args.files_n = min(args.files_n or 8, 8)
         args.memory_n = min(args.memory_n or 16, 16)
 
     from skinmole.model import BUNDLED_MODEL, load_model
@@ -345,7 +349,7 @@ def main(argv=None) -> int:
           f"{len(paths)} images, {args.repeats} repeats", file=sys.stderr)
     res["single"] = bench_single(model, paths, args.repeats, args.single_calls)
     res["arrays"] = bench_arrays(model, paths, args.repeats, args.skip_keras)
-    res["files"] = bench_files(model, paths, args.repeats)
+    res["files"] = bench_files(model, timing_paths[: args.files_n] if args.files_n else timing_paths, args.repeats)
     res["cold_start"] = bench_cold(folder, paths[0], args.repeats)
     res["memory"] = bench_memory(folder, memory_paths)
     res["machine"]["load_average_at_end"] = os.getloadavg()
