@@ -62,12 +62,16 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _split_sets(opts: TrainOptions) -> tuple[LabelledSet, LabelledSet]:
+def _split_sets(opts: TrainOptions) -> tuple[LabelledSet, LabelledSet | None]:
+    """(train, val); val is None with ``--no-validation``, and the train set is the same either way
+    (a split carved from unsplit data still leaves its validation part out of training)."""
     source = Path(opts.data)
     if opts.val_data:
-        train, val = load_set(source), load_set(opts.val_data)
+        train = load_set(source)
+        val = load_set(opts.val_data) if opts.validation else None
     elif source.suffix.lower() == ".csv" and "split" in source.open().readline():
-        train, val = load_set(source, split="train"), load_set(source, split="val")
+        train = load_set(source, split="train")
+        val = load_set(source, split="val") if opts.validation else None
     else:
         full = load_set(source)
         rng = np.random.default_rng(opts.seed)
@@ -76,17 +80,11 @@ def _split_sets(opts: TrainOptions) -> tuple[LabelledSet, LabelledSet]:
             idx = [i for i, l in enumerate(full.labels) if l == cls]
             val_idx |= set(rng.permutation(idx)[: max(1, int(0.15 * len(idx)))].tolist())
         train = full.subset(i for i in range(len(full)) if i not in val_idx)
-        val = full.subset(sorted(val_idx))
+        val = full.subset(sorted(val_idx)) if opts.validation else None
     if opts.limit:
-        train, val = _limit(train, opts.limit, opts.seed), _limit(val, opts.limit, opts.seed)
+        train = _limit(train, opts.limit, opts.seed)
+        val = _limit(val, opts.limit, opts.seed) if val is not None else None
     return train, val
-
-
-def _train_only(opts: TrainOptions) -> LabelledSet:
-    source = Path(opts.data)
-    has_split = source.suffix.lower() == ".csv" and "split" in source.open().readline()
-    train = load_set(source, split="train") if has_split else load_set(source)
-    return _limit(train, opts.limit, opts.seed) if opts.limit else train
 
 
 def _load_initial_weights(model, path) -> None:
@@ -160,10 +158,7 @@ def train(opts: TrainOptions) -> Path:
 
     keras.utils.set_random_seed(opts.seed)
     out = Path(opts.output)
-    if opts.validation:
-        train_set, val_set = _split_sets(opts)
-    else:
-        train_set, val_set = _train_only(opts), None
+    train_set, val_set = _split_sets(opts)
     sets = [s for s in (train_set, val_set) if s is not None]
     use_dx = opts.head == "dx" or (opts.head == "auto" and all(s.dx is not None for s in sets))
     if use_dx and any(s.dx is None for s in sets):

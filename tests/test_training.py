@@ -262,3 +262,14 @@ def test_train_script_exit_code_on_bad_data(tmp_path, capsys):
     csv_path = _write_csv(tmp_path / "l.csv", rows)
     assert mod.main(["--data", str(csv_path), "--output", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]) == 2
     assert "unknown label 'unsure'" in capsys.readouterr().err
+
+
+def test_no_validation_trains_on_the_same_images_and_never_on_a_carved_validation_part(tmp_path):
+    from skinmole.training import TrainOptions, _split_sets
+
+    data = _write_csv(tmp_path / "unsplit.csv", _rows(30, 10))  # no split column: validation is carved out
+    with_val = _split_sets(TrainOptions(data=str(data), output="x"))
+    without = _split_sets(TrainOptions(data=str(data), output="x", validation=False))
+    assert without[1] is None and len(with_val[1]) > 0
+    assert list(without[0].paths) == list(with_val[0].paths)
+    assert not set(without[0].paths) & set(with_val[1].paths)
