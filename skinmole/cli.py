@@ -64,9 +64,9 @@ def _one_line(exc: BaseException) -> str:
 
 def _load(source, revision):
     """Load the model and build its engine now, so that a bad model is one error line, not a traceback."""
-    from .model import default_model, load_model
+    from .model import resolve_model
 
-    model = default_model() if source is None else load_model(source, revision=revision)
+    model = resolve_model(source, revision=revision)
     model.engine  # noqa: B018 - build the engine (and read the weights) before any output
     return model
 

@@ -31,16 +31,20 @@ def cpu_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def with_features(keras_model):
+    """The Keras model with its ``features`` layer as a second output: (logits, features)."""
+    import keras
+
+    return keras.Model(keras_model.inputs, [keras_model.outputs[0], keras_model.get_layer("features").output])
+
+
 class KerasEngine:
     """Runs the saved Keras model, with the ``features`` layer exposed as a second output."""
 
     name = "keras"
 
     def __init__(self, model):
-        import keras
-
-        km = model.keras_model
-        self._model = keras.Model(km.inputs, [km.output, km.get_layer("features").output])
+        self._model = with_features(model.keras_model)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, features = self._model.predict_on_batch(np.asarray(batch, dtype=np.float32))

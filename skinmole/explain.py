@@ -24,18 +24,14 @@ import weakref
 import numpy as np
 from PIL import Image
 
-from .images import load_image, to_model_input
-from .model import SkinmoleModel, default_model, load_model
+from .images import load_image, load_model_input
+from .model import SkinmoleModel, resolve_model
 
 CONV_LAYER = "last_conv"
 LOGITS_LAYER = "logits"
 
 _GRAD_MODELS: "weakref.WeakKeyDictionary[SkinmoleModel, object]" = weakref.WeakKeyDictionary()
 _CAM_FUNCTIONS: "weakref.WeakKeyDictionary[SkinmoleModel, object]" = weakref.WeakKeyDictionary()
-
-
-def _resolve(model) -> SkinmoleModel:
-    return default_model() if model is None else load_model(model)
 
 
 def _grad_model(model: SkinmoleModel):
@@ -94,9 +90,9 @@ def _cam_function(model: SkinmoleModel):
     return fn
 
 
-def _cam(rgb: np.ndarray, model: SkinmoleModel) -> np.ndarray:
+def _cam(model_input: np.ndarray, model: SkinmoleModel) -> np.ndarray:
     """The Grad-CAM map at the feature map's resolution, float32 >= 0 (not yet scaled)."""
-    x = to_model_input(rgb, model.input_size)[None].astype(np.float32)
+    x = model_input[None].astype(np.float32)
     return np.asarray(_cam_function(model)(x)[0], dtype=np.float32)
 
 
@@ -107,16 +103,15 @@ def explain(image, model=None) -> np.ndarray:
     input raises ``InvalidImageError``. ``model``: a loaded model or any ``load_model`` source; None
     uses the bundled default. See the module docstring for what is differentiated.
     """
-    m = _resolve(model)
-    rgb = load_image(image)
-    cam = _cam(rgb, m)
+    m = resolve_model(model)
+    model_input, (w, h) = load_model_input(image, m.input_size)
+    cam = _cam(model_input, m)
     cam = np.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0)
     top = float(cam.max()) if cam.size else 0.0
     if top > 0:
         cam = cam / top
     else:
         cam = np.zeros_like(cam)
-    h, w = rgb.shape[:2]
     resized = Image.fromarray(cam.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR)
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 

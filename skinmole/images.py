@@ -183,18 +183,20 @@ def load_image(source, name: str | None = None) -> np.ndarray:
         except (OSError, ValueError) as exc:
             raise InvalidImageError(f"{name}: image data is truncated or corrupt ({exc})") from exc
         return _pil_to_rgb(im, name)
-    return _pil_to_rgb(_decode(_read_bytes(_as_path(source), name), name), name)
+    return _pil_to_rgb(_decode_source(source, name), name)
 
 
-def _as_path(source):
-    """Any os.PathLike as a Path (``_read_bytes`` reads str and Path)."""
+def _decode_source(source, name: str) -> Image.Image:
+    """A path (any os.PathLike), bytes or binary file, read within the limits and decoded."""
     if isinstance(source, os.PathLike) and not isinstance(source, Path):
-        return Path(os.fspath(source))
-    return source
+        source = Path(os.fspath(source))
+    return _decode(_read_bytes(source, name), name)
 
 
 def _resize(im: Image.Image, size: int) -> np.ndarray:
-    return np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
 
 
 def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -211,8 +213,8 @@ def load_model_input(source, size: int, name: str | None = None) -> tuple[np.nda
     if isinstance(source, (np.ndarray, Image.Image)):
         rgb = load_image(source, name)
     else:
-        im = _decode(_read_bytes(_as_path(source), name), name)
+        im = _decode_source(source, name)
         if im.mode == "RGB":
-            return (_resize(im, size) if im.size != (size, size) else np.asarray(im, dtype=np.uint8)), im.size
+            return _resize(im, size), im.size
         rgb = _pil_to_rgb(im, name)
     return to_model_input(rgb, size), (int(rgb.shape[1]), int(rgb.shape[0]))

@@ -136,14 +136,21 @@ def read_config(folder: Path) -> dict:
     return config
 
 
-def load_model_folder(folder, engine: str = "auto") -> SkinmoleModel:
-    """Load a local model folder after checking every recorded sha256."""
+def checked_config(folder, *, onnx: bool = True) -> dict:
+    """The folder's config.json, after checking the sha256 of the weights (and of the ONNX file,
+    unless ``onnx=False``: the exporter rebuilds it)."""
     folder = Path(folder)
     config = read_config(folder)
     verify_sha256(folder, config.get("weights_file", KERAS_FILE), config["weights_sha256"])
-    if config.get("onnx_file"):
+    if onnx and config.get("onnx_file"):
         verify_sha256(folder, config["onnx_file"], config.get("onnx_sha256"), "the ONNX weights")
-    model = SkinmoleModel(folder, config, engine)
+    return config
+
+
+def load_model_folder(folder, engine: str = "auto") -> SkinmoleModel:
+    """Load a local model folder after checking every recorded sha256."""
+    folder = Path(folder)
+    model = SkinmoleModel(folder, checked_config(folder), engine)
     model.quality_gate  # noqa: B018 - load and sha256-check the quality statistics now, not at first predict
     return model
 
@@ -189,6 +196,12 @@ def default_model() -> SkinmoleModel:
     if "model" not in _DEFAULT_CACHE:
         _DEFAULT_CACHE["model"] = load_model()
     return _DEFAULT_CACHE["model"]
+
+
+def resolve_model(source=None, *, revision: str | None = None) -> SkinmoleModel:
+    """What ``model=`` arguments mean: None is the bundled model (loaded once per process), anything
+    else goes to ``load_model``."""
+    return default_model() if source is None else load_model(source, revision=revision)
 
 
 def save_model_folder(folder, keras_model, config: dict) -> Path:

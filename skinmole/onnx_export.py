@@ -18,7 +18,6 @@ import numpy as np
 
 ONNX_FILE = "model.onnx"
 OPSET = 17
-OUTPUTS = ("logits", "features")
 CHECK_ATOL = 1e-4
 
 
@@ -380,15 +379,15 @@ def keras_to_onnx(keras_model, features_layer: str = "features"):
 
 def check_against_keras(keras_model, onnx_path, n: int = 4, seed: int = 0, atol: float = CHECK_ATOL) -> float:
     """Run Keras and ONNX Runtime on the same random images; return the largest difference, or raise."""
-    import keras
     import onnxruntime as ort
+
+    from .engines import OUTPUT_NAMES, with_features
 
     size = int(keras_model.inputs[0].shape[1])
     x = np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
-    both = keras.Model(keras_model.inputs, [keras_model.outputs[0], keras_model.get_layer("features").output])
-    k_logits, k_features = (np.asarray(a) for a in both.predict_on_batch(x.astype(np.float32)))
+    k_logits, k_features = (np.asarray(a) for a in with_features(keras_model).predict_on_batch(x.astype(np.float32)))
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    o_logits, o_features = sess.run(list(OUTPUTS), {"pixels": x})
+    o_logits, o_features = sess.run(OUTPUT_NAMES, {"pixels": x})
     diff = max(float(np.max(np.abs(k_logits - o_logits))), float(np.max(np.abs(k_features - o_features))))
     if not diff <= atol:
         raise OnnxExportError(f"{onnx_path}: ONNX outputs differ from Keras by {diff:.3g} (> {atol:g}); not used")
@@ -401,11 +400,11 @@ def export_model_folder(folder, keras_model=None, *, check: bool = True) -> Path
     ``keras_model``: the model in memory (training passes it); None loads the folder's own file.
     The config is re-read from disk just before it is written, so other keys written meanwhile survive.
     """
-    from .model import KERAS_FILE, load_model_folder, read_config, sha256_file, write_config
+    from .model import KERAS_FILE, SkinmoleModel, checked_config, read_config, sha256_file, write_config
 
     folder = Path(folder)
-    if keras_model is None:
-        keras_model = load_model_folder(folder, engine="keras").keras_model
+    if keras_model is None:  # the checked weights only: the ONNX file is what is being rebuilt
+        keras_model = SkinmoleModel(folder, checked_config(folder, onnx=False), engine="keras").keras_model
     proto = keras_to_onnx(keras_model)
     import onnx
 

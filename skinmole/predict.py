@@ -6,11 +6,10 @@ streams any number of inputs in chunks and yields an error instead of raising, f
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -19,7 +18,7 @@ import numpy as np
 from .calibration import malignant_probability, probabilities
 from .engines import cpu_cores
 from .images import InvalidImageError, describe, load_model_input
-from .model import SkinmoleModel, default_model, load_model
+from .model import SkinmoleModel, resolve_model
 
 DEFAULT_BATCH = 64
 DEFAULT_WORKERS = max(1, cpu_cores() // 2)
@@ -53,21 +52,9 @@ def _is_batch(images) -> bool:
     return isinstance(images, (list, tuple))
 
 
-def _resolve(model) -> SkinmoleModel:
-    return default_model() if model is None else load_model(model)
-
-
-_SIDE: list[ThreadPoolExecutor] = []
-_SIDE_LOCK = threading.Lock()
-
-
-def _side_thread() -> ThreadPoolExecutor:
-    """A small long-lived pool (two threads: predict may be called from two threads at once, as the
-    demo does) for work that runs beside the engine; made on first use."""
-    with _SIDE_LOCK:
-        if not _SIDE:
-            _SIDE.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="skinmole-gate"))
-        return _SIDE[0]
+# Work that runs beside the engine. Two threads: predict may be called from two threads at once, as
+# the demo does. A ThreadPoolExecutor starts its threads at the first submit, not here.
+_SIDE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="skinmole-gate")
 
 
 def _predict_decoded(inputs: list[np.ndarray], sizes: list[tuple[int, int]], model: SkinmoleModel,
@@ -77,7 +64,7 @@ def _predict_decoded(inputs: list[np.ndarray], sizes: list[tuple[int, int]], mod
     gate = model.quality_gate if check_quality else None
     # The gate's pixel statistics need only the pixels: computed in a side thread while the engine
     # runs (numpy and ONNX Runtime release the GIL; measured a few per cent faster than after it).
-    stats = _side_thread().submit(gate.pixel_stats, batch) if gate is not None else None
+    stats = _SIDE_POOL.submit(gate.pixel_stats, batch) if gate is not None else None
     logits, features = model.engine.run(batch)
     probs = probabilities(logits, model.temperature)
     p_mal = malignant_probability(probs, model.class_names, model.malignant_classes)
@@ -111,7 +98,7 @@ def predict(images, model=None, *, check_quality: bool = True, batch_size: int =
     None uses the bundled default. ``check_quality=False`` turns the quality gate off. A list is
     decoded in background threads while the model runs (``workers``, as in ``iter_predict``).
     """
-    m = _resolve(model)
+    m = resolve_model(model)
     if not _is_batch(images):
         model_input, size = load_model_input(images, m.input_size)
         return _predict_decoded([model_input], [size], m, check_quality)[0]
@@ -143,14 +130,16 @@ def _chunks(sources: Iterable, size: int) -> Iterator[list]:
 
 def _decoded_chunks(sources: Iterable, size: int, batch_size: int, workers: int) -> Iterator[tuple[list, list]]:
     """``(chunk, decoded)`` in order; with ``workers`` threads, up to ``workers + 1`` chunks are decoded
-    ahead of the one being predicted (PIL releases the GIL), so memory stays bounded."""
-    if workers <= 0:
-        for chunk in _chunks(sources, batch_size):
+    ahead of the one being predicted (PIL releases the GIL), so memory stays bounded. A single chunk
+    is decoded inline: there is nothing to overlap it with."""
+    rest = _chunks(sources, batch_size)
+    chunks = chain(head := list(islice(rest, 2)), rest)
+    if workers <= 0 or len(head) < 2:
+        for chunk in chunks:
             yield chunk, _decode_chunk(chunk, size)
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skinmole-decode")
     pending: deque = deque()
-    chunks = _chunks(sources, batch_size)
     try:
         for chunk in chunks:
             pending.append((chunk, pool.submit(_decode_chunk, chunk, size)))
@@ -174,7 +163,7 @@ def iter_predict(sources: Iterable, model=None, *, check_quality: bool = True, b
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    m = _resolve(model)
+    m = resolve_model(model)
     if workers is None:
         workers = DEFAULT_WORKERS
     for chunk, decoded in _decoded_chunks(sources, m.input_size, batch_size, workers):

@@ -301,29 +301,30 @@ def _summary(v: np.ndarray) -> dict:
 
 
 def fit_quality_gate(model_folder, train_set, val_set, cache_dir=".cache", *, batch_size: int = 64,
-                     log=print) -> dict:
+                     log=print, pixels: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Fit the gate for the model in ``model_folder`` and record it there.
 
     Pixel thresholds come from ``train_set``; the feature mean and Ledoit-Wolf shrinkage precision
     from the penultimate features (the model's own engine) of ``train_set`` plus one
     ``capture_variations`` copy of each image; the distance threshold is the
     ``OOD_QUANTILE`` quantile of ``val_set``'s distances times ``OOD_MARGIN``. Writes ``quality.npz``
-    and ``config.json["quality"]``; returns that entry.
+    and ``config.json["quality"]``; returns that entry. ``pixels``: the sets' model inputs
+    (train, val), when the caller already holds them (training does).
     """
     from sklearn.covariance import LedoitWolf
 
     from .data import load_pixels
-    from .model import KERAS_FILE, SkinmoleModel, read_config, write_config
+    from .model import SkinmoleModel, checked_config, read_config, write_config
 
     folder = Path(model_folder)
-    config = read_config(folder)
-    verify_sha256(folder, config.get("weights_file", KERAS_FILE), config["weights_sha256"])
+    config = checked_config(folder)  # not load_model: the gate being fitted must not be loaded
     base = {k: v for k, v in config.items() if k != "quality"}
     model = SkinmoleModel(folder, base, engine="auto")
     size = model.input_size
 
-    x_train = load_pixels(train_set, size, cache_dir)
-    x_val = load_pixels(val_set, size, cache_dir)
+    if pixels is None:
+        pixels = load_pixels(train_set, size, cache_dir), load_pixels(val_set, size, cache_dir)
+    x_train, x_val = pixels
     log(f"quality gate: features of {len(x_train)} train / {len(x_val)} val images")
     f_train = _features(model, x_train, batch_size)
     f_val = _features(model, x_val, batch_size)

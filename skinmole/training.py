@@ -306,7 +306,7 @@ def train(opts: TrainOptions) -> Path:
     _write_history(out, history)
     from .quality import fit_quality_gate
 
-    fit_quality_gate(out, train_set, val_set, opts.cache_dir, log=_log)
+    fit_quality_gate(out, train_set, val_set, opts.cache_dir, log=_log, pixels=(x_train, x_val))
     _log(f"wrote {out}")
     return out
 
