@@ -24,7 +24,7 @@ Only the library's public API is used: the demo does no image preprocessing of i
 from __future__ import annotations
 
 import base64
-import hashlib
+import functools
 import html
 import io
 import logging
@@ -37,7 +37,7 @@ from PIL import Image
 
 import skinmole
 from skinmole import InvalidImageError
-from skinmole.model import default_model
+from skinmole.model import default_model, sha256_file
 from skinmole.sample_images import SAMPLES, sample_paths
 
 log = logging.getLogger("skinmole.demo")
@@ -165,14 +165,17 @@ def differential(pred, model) -> dict | None:
 
 def _sha256(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 
 
-# An upload of an example's exact bytes under its name lands on the example's own cache path (Gradio
-# names upload folders by content hash), so those files are left alone; they are public images.
-_SAMPLES_BY_NAME = {p.name: _sha256(p) for p in sample_paths()}
+@functools.cache
+def _samples_by_name() -> dict[str, str | None]:
+    """An upload of an example's exact bytes under its name lands on the example's own cache path
+    (Gradio names upload folders by content hash), so those files are left alone: public images.
+    Hashed at the first upload, not at import."""
+    return {p.name: _sha256(p) for p in sample_paths()}
 
 
 def _upload_folder() -> Path:
@@ -191,7 +194,8 @@ def discard_upload(path) -> None:
     root = _upload_folder()
     if root not in p.parents or not p.is_file():
         return
-    if p.name in _SAMPLES_BY_NAME and _sha256(p) == _SAMPLES_BY_NAME[p.name]:
+    samples = _samples_by_name()
+    if p.name in samples and _sha256(p) == samples[p.name]:
         return
     try:
         p.unlink()

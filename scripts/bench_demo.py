@@ -31,14 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def _images(n: int) -> tuple[list[Path], str]:
     """n real images: distinct HAM10000 test-split images when available (distinct, so no two
     concurrent uploads share a server path), else the bundled samples, repeated."""
-    from skinmole.data import ham10000_root, read_csv
+    from skinmole.data import ham10000_labels, read_csv
 
-    root = ham10000_root()
-    if root is not None and (root / "labels.csv").is_file():
-        test = read_csv(root / "labels.csv", split="test")
+    labels = ham10000_labels()
+    if labels is not None:
+        test = read_csv(labels, split="test")
         paths = list(test.paths)
         step = max(1, len(paths) // n)
-        return paths[::step][:n], f"HAM10000 test split ({root})"
+        return paths[::step][:n], f"HAM10000 test split ({labels.parent})"
     from skinmole.sample_images import sample_paths
 
     samples = sample_paths()

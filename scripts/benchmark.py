@@ -38,16 +38,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
 
 def find_images(source) -> tuple[list[Path], list[Path]]:
     """(timing paths, memory-run paths) from a folder or a CSV (test split for timing, all rows for memory)."""
-    from skinmole.data import ham10000_root, load_set
+    from skinmole.data import IMAGE_SUFFIXES, ham10000_labels, load_set
 
     if source is None:
-        root = ham10000_root()
-        source = root / "labels.csv" if root is not None else ROOT / "skinmole" / "samples"
+        source = ham10000_labels() or ROOT / "skinmole" / "samples"
     source = Path(source)
     if source.suffix.lower() == ".csv":
         every = list(load_set(source).paths)

@@ -353,18 +353,11 @@ def _family(name: str) -> str:
     return name.split("/")[0] if not name.startswith(("skimage", "sklearn", "matplotlib")) else "photo:" + name.split("/")[0]
 
 
-def assess_images(model, rgbs: list[np.ndarray], batch_size: int = 32) -> list[dict]:
-    """The gate's verdict for each image, computed the way ``predict`` does."""
-    from skinmole.images import to_model_input
+def assess_images(model, images: list, batch_size: int = 32) -> list[dict]:
+    """The gate's verdict for each image (an array or a path): ``predict``'s own ``quality``."""
+    from skinmole import predict
 
-    gate = model.quality_gate
-    out = []
-    for i in range(0, len(rgbs), batch_size):
-        chunk = rgbs[i:i + batch_size]
-        batch = np.stack([to_model_input(r, model.input_size) for r in chunk])
-        _, feats = model.engine.run(batch)
-        out += gate.assess([(r.shape[1], r.shape[0]) for r in chunk], batch, feats)
-    return out
+    return [p.quality for p in predict(images, model, batch_size=batch_size)]
 
 
 def _catches(results: list[dict]) -> dict:
@@ -397,7 +390,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from skinmole.data import ham10000_root, load_set
+    from skinmole.data import ham10000_labels, load_set
     from skinmole.images import load_image
     from skinmole.model import load_model
 
@@ -405,7 +398,7 @@ def main(argv=None) -> int:
     if model.quality_gate is None:
         print(f"error: {model.folder} has no quality gate (run scripts/fit_quality.py first)", file=sys.stderr)
         return 2
-    data = args.data or (ham10000_root() / "labels.csv" if ham10000_root() else None)
+    data = args.data or ham10000_labels()
     if data is None:
         print("error: HAM10000 not found; pass --data labels.csv", file=sys.stderr)
         return 2
@@ -414,9 +407,7 @@ def main(argv=None) -> int:
     neg = assess_images(model, [rgb for _, rgb in corpus])
 
     real = load_set(data, split=args.split)
-    pos = []
-    for i in range(0, len(real), 256):  # decoded originals, exactly as predict() sees them
-        pos += assess_images(model, [load_image(pth) for pth in real.paths[i:i + 256]])
+    pos = assess_images(model, list(real.paths))
 
     shift_images = real.paths[::5]  # every 5th test image, each shifted every way
     shifts = {}
@@ -424,7 +415,7 @@ def main(argv=None) -> int:
     for kind in SHIFTS:
         res = assess_images(model, [shifted(rgb, kind) for rgb in originals])
         shifts[kind] = {"n": len(res), "accepted": round(float(np.mean([r["accepted"] for r in res])), 4),
-                        **{k: v for k, v in _catches(res).items() if k == "failed_check_counts"}}
+                        "failed_check_counts": _catches(res)["failed_check_counts"]}
 
     rejected = [not r["accepted"] for r in neg]
     families: dict[str, list[bool]] = {}

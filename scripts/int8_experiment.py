@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from skinmole import load_model  # noqa: E402
 from skinmole.calibration import malignant_probability, probabilities  # noqa: E402
-from skinmole.data import ham10000_root, load_pixels, read_csv  # noqa: E402
-from skinmole.engines import OnnxEngine  # noqa: E402
+from skinmole.data import ham10000_labels, load_pixels, read_csv  # noqa: E402
+from skinmole.engines import OnnxEngine, run_in_batches  # noqa: E402
 
 
 def quantise(src: Path, dst: Path, calibration: np.ndarray) -> None:
@@ -57,12 +57,12 @@ def main() -> None:
     model = load_model(args.model)
     if not model.config.get("onnx_file"):
         raise SystemExit(f"{model.folder}: no ONNX file to quantise")
-    root = ham10000_root()
-    if root is None:
+    labels = ham10000_labels()
+    if labels is None:
         raise SystemExit("HAM10000 not found: set SKINMOLE_HAM10000")
-    evaluated = read_csv(root / "labels.csv", split=args.split)
+    evaluated = read_csv(labels, split=args.split)
     x = load_pixels(evaluated, model.input_size, ".cache")
-    calibration = load_pixels(read_csv(root / "labels.csv", split="train"), model.input_size, ".cache")[:256]
+    calibration = load_pixels(read_csv(labels, split="train"), model.input_size, ".cache")[:256]
 
     with tempfile.TemporaryDirectory() as tmp:
         int8_path = Path(tmp) / "model-int8.onnx"
@@ -70,7 +70,7 @@ def main() -> None:
         engines = {"float32": OnnxEngine(model.folder / model.config["onnx_file"]), "int8": OnnxEngine(int8_path)}
         p_mal = {}
         for name, engine in engines.items():
-            logits = np.concatenate([engine.run(x[i:i + 64])[0] for i in range(0, len(x), 64)])
+            logits = run_in_batches(engine, x)[0]
             p_mal[name] = malignant_probability(probabilities(logits, model.temperature), model.class_names,
                                                 model.malignant_classes)
         timing = {name: [] for name in engines}

@@ -13,7 +13,8 @@ from sklearn.metrics import roc_auc_score
 
 from skinmole import load_model
 from skinmole.calibration import malignant_probability, probabilities
-from skinmole.data import ham10000_root, load_pixels, read_csv
+from skinmole.data import ham10000_labels, load_pixels, read_csv
+from skinmole.engines import run_in_batches
 
 VIEWS = {
     "original": lambda x: x,
@@ -31,15 +32,15 @@ def main() -> None:
     p.add_argument("--split", default="val")
     args = p.parse_args()
     model = load_model(args.model)
-    root = ham10000_root()
-    if root is None:
+    labels = ham10000_labels()
+    if labels is None:
         raise SystemExit("HAM10000 not found: set SKINMOLE_HAM10000")
-    s = read_csv(root / "labels.csv", split=args.split)
+    s = read_csv(labels, split=args.split)
     x = load_pixels(s, model.input_size, ".cache")
     scores = {}
     for name, view in VIEWS.items():
         v = np.ascontiguousarray(view(x))
-        logits = np.concatenate([model.engine.run(v[i:i + 64])[0] for i in range(0, len(v), 64)])
+        logits = run_in_batches(model.engine, v)[0]
         scores[name] = malignant_probability(probabilities(logits, model.temperature), model.class_names, model.malignant_classes)
         print(f"{args.split} ROC AUC, {name:16s} {roc_auc_score(s.y, scores[name]):.4f}")
     four = np.mean([scores[k] for k in list(VIEWS)[:4]], axis=0)

@@ -83,6 +83,12 @@ def ham10000_root() -> Path | None:
     return None
 
 
+def ham10000_labels() -> Path | None:
+    """HAM10000's ``labels.csv`` (see ``ham10000_root``), or None when the data set is not found."""
+    root = ham10000_root()
+    return root / "labels.csv" if root is not None else None
+
+
 def read_csv(csv_path, image_dir=None, split: str | None = None) -> LabelledSet:
     """Read ``image,label[,dx,split,...]`` rows; images resolve against ``image_dir`` or
     the CSV's ``images/`` folder or the CSV's own folder."""

@@ -97,6 +97,12 @@ class OnnxEngine:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def run_in_batches(engine, pixels: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, features) of many model inputs, ``batch_size`` at a time (bounded memory)."""
+    parts = [engine.run(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def onnx_available() -> bool:
     """Whether onnxruntime is installed (found without importing it)."""
     return importlib.util.find_spec("onnxruntime") is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
@@ -401,12 +402,9 @@ def assemble_repo_folder(model_source, output_dir, repo_id: str, *, card_body=No
     from .model import resolve_folder
 
     output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        raise PublishError(f"{output_dir}: already exists and is not empty; choose a new output folder")
-    created = not output_dir.exists()
-    try:
+    with fresh_output_dir(output_dir, "the repo folder", (ModelLoadError, OSError, ValueError)):
         source = resolve_folder(model_source)
-        load_model_folder(source)  # config valid, sha256 of every weights file matches
+        read_config(source)  # a clear error before anything is copied; the copy's sha256 are checked below
         output_dir.mkdir(parents=True, exist_ok=True)
         for path in repo_files(source):
             dest = output_dir / path.relative_to(source)
@@ -416,16 +414,28 @@ def assemble_repo_folder(model_source, output_dir, repo_id: str, *, card_body=No
             card_body = localise_card_links(card_body.read_text(), card_body.parent, source, output_dir)
         card = build_model_card(output_dir, repo_id, card_body=card_body, revision=revision, base_model=base_model)
         card.save(output_dir / "README.md")
-        load_model_folder(output_dir)  # the copy is what was checked
+        load_model_folder(output_dir)  # config valid, sha256 of every file of the copy matches
         return output_dir, _link_warnings(card.text, output_dir)
+
+
+@contextmanager
+def fresh_output_dir(output_dir: Path, what: str, wrap: tuple[type[BaseException], ...] = (OSError,)):
+    """Assemble ``what`` into ``output_dir``, which must be new or empty. On any failure inside the
+    block the folder is removed (or emptied, if it existed before) and a ``wrap`` error becomes a
+    ``PublishError``."""
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise PublishError(f"{output_dir}: already exists and is not empty; choose a new output folder")
+    created = not output_dir.exists()
+    try:
+        yield
     except BaseException as exc:
         if created:
             shutil.rmtree(output_dir, ignore_errors=True)
         else:
             for child in list(output_dir.iterdir()) if output_dir.is_dir() else []:
                 shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
-        if isinstance(exc, (ModelLoadError, OSError, ValueError)) and not isinstance(exc, PublishError):
-            raise PublishError(f"cannot assemble the repo folder: {exc}") from exc
+        if isinstance(exc, wrap) and not isinstance(exc, PublishError):
+            raise PublishError(f"cannot assemble {what}: {exc}") from exc
         raise
 
 

@@ -262,8 +262,9 @@ def capture_variations(pixels: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def _features(model, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    feats = [model.engine.run(pixels[i:i + batch_size])[1] for i in range(0, len(pixels), batch_size)]
-    return np.concatenate(feats).astype(np.float32)
+    from .engines import run_in_batches
+
+    return run_in_batches(model.engine, pixels, batch_size)[1].astype(np.float32)
 
 
 def _short_sides(paths) -> np.ndarray:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .hub import HAM10000_DOI, LICENSE, PublishError
+from .hub import HAM10000_DOI, LICENSE, PublishError, fresh_output_dir
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Requirements when skinmole's own metadata cannot be read (not installed): its runtime + demo deps.
@@ -134,10 +134,7 @@ def assemble_space_folder(output_dir, space_id: str, model_repo: str, *, demo_di
     if not (demo_dir / "app.py").is_file():
         raise PublishError(f"{demo_dir / 'app.py'}: the demo app is missing (run from a skinmole source checkout)")
     output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        raise PublishError(f"{output_dir}: already exists and is not empty; choose a new output folder")
-    created = not output_dir.exists()
-    try:
+    with fresh_output_dir(output_dir, "the Space folder"):
         output_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(PACKAGE_DIR, output_dir / "skinmole", ignore=_VENDOR_IGNORE)
         shutil.copytree(demo_dir, output_dir / "demo",
@@ -146,12 +143,3 @@ def assemble_space_folder(output_dir, space_id: str, model_repo: str, *, demo_di
         (output_dir / "requirements.txt").write_text("\n".join(pinned_requirements()) + "\n")
         build_space_card(space_id, model_repo).save(output_dir / "README.md")
         return output_dir
-    except BaseException as exc:
-        if created:
-            shutil.rmtree(output_dir, ignore_errors=True)
-        else:
-            for child in list(output_dir.iterdir()):
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise PublishError(f"cannot assemble the Space folder: {exc}") from exc
-        raise
