@@ -6,13 +6,13 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from skinmole.model import BUNDLED_MODEL, read_config
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 SAMPLES = ROOT / "skinmole" / "samples"
 
 

@@ -1,10 +1,7 @@
 """The Gradio demo (demo/app.py) against a live local server: gradio_client, raw HTTP, a real browser."""
 
-import importlib.util
 import io
 import shutil
-import socket
-import sys
 import threading
 from pathlib import Path
 
@@ -15,37 +12,28 @@ from PIL import Image
 gr = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client (dev extra) is not installed")
 
+from helpers import free_port, load_script  # noqa: E402
+
 import skinmole  # noqa: E402
 from skinmole.predict import Prediction  # noqa: E402
 from skinmole.sample_images import SAMPLES, sample_paths  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 
-APP_PATH = Path(__file__).resolve().parents[1] / "demo" / "app.py"
 CHROMIUM = "/usr/bin/chromium"
 TO_DICT_KEYS = set(Prediction(0.5, "benign", 0.5, None).to_dict())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("skinmole_demo_app", APP_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demo/app.py")
 
 
 @pytest.fixture(scope="module")
 def server(demo):
     model = demo.load_demo_model(None)
     app = demo.build_app(model)
-    port = _free_port()
+    port = free_port()
     demo.launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield {"url": f"http://127.0.0.1:{port}/", "model": model, "app": app}

@@ -3,12 +3,10 @@ serving path that never imports TensorFlow. Outputs are compared between runs, n
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +15,8 @@ import skinmole
 from skinmole.images import load_image, to_model_input
 from skinmole.model import BUNDLED_MODEL, ModelLoadError, load_model, read_config, save_model_folder, sha256_file
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, load_script  # noqa: E402
+
 SAMPLES = sorted((ROOT / "skinmole" / "samples").glob("*.jpg"))
 ATOL = 1e-4
 
@@ -26,10 +25,7 @@ pytest.importorskip("onnxruntime", reason="the ONNX engine needs onnxruntime")
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"scripts/{name}.py")
 
 
 def _randomise_batchnorm(model, seed=0):

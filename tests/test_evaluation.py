@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -14,9 +13,8 @@ import numpy as np
 import pytest
 
 from skinmole import evaluation as ev
-from skinmole.data import ham10000_root
+from helpers import ROOT as REPO, ham10000_or_skip, load_script
 
-REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "evaluate.py"
 PLOTS = {"roc.png", "pr.png", "confusion_binary.png", "confusion_7class.png", "reliability.png"}
 
@@ -245,18 +243,13 @@ def test_plot_metrics_writes_pngs(tmp_path):
 # --------------------------------------------------------------------------- the script, end to end
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/evaluate.py")
 
 
 @pytest.fixture(scope="session")
 def ham_subset(tmp_path_factory):
     """A CSV of 40 HAM10000 test-split rows (12 malignant), images via a symlinked folder."""
-    root = ham10000_root()
-    if root is None:
-        pytest.skip("HAM10000 not found (set SKINMOLE_HAM10000 or put it in ../shared/data/ham10000)")
+    root = ham10000_or_skip()
     with (root / "labels.csv").open(newline="") as f:
         reader = csv.DictReader(f)
         fields, rows = reader.fieldnames, [r for r in reader if r["split"] == "test"]

@@ -4,10 +4,8 @@ to the ``HfApi`` calls (mocked)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,14 +17,13 @@ from huggingface_hub.errors import (
     HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hfcache import populate_cache  # noqa: E402
+from helpers import load_script  # noqa: E402
 
 import skinmole  # noqa: E402
 from skinmole import hub  # noqa: E402
 from skinmole.model import BUNDLED_MODEL, ModelLoadError, load_model, read_config, write_config  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TEST_METRICS = {
     "split": "labels.csv[test] (n=1520)", "n": 1520, "roc_auc": 0.9123, "roc_auc_ci": [0.89, 0.93],
     "pr_auc": 0.7345, "sensitivity": 0.9051, "specificity": 0.7012, "accuracy": 0.7407,
@@ -34,14 +31,7 @@ TEST_METRICS = {
 }
 
 
-def _load_publish():
-    spec = importlib.util.spec_from_file_location("skinmole_publish_script", ROOT / "scripts" / "publish.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-publish = _load_publish()
+publish = load_script("scripts/publish.py")
 
 
 @pytest.fixture(scope="session")

@@ -6,35 +6,28 @@ subset of the real HAM10000 train/val splits (200/100 images), so the bundled fo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
 from skinmole import ModelLoadError, load_model, predict
-from skinmole.data import ham10000_root, load_set
+from helpers import ham10000_or_skip, load_script
+from skinmole.data import load_set
 from skinmole.images import load_image
 from skinmole.model import BUNDLED_MODEL, read_config
 from skinmole.quality import (
     CHECK_ORDER, QUALITY_FILE, QualityGate, fit_quality_gate, pixel_stats, pixel_thresholds,
 )
 
-ROOT = ham10000_root()
-needs_ham = pytest.mark.skipif(ROOT is None, reason="HAM10000 not found (set SKINMOLE_HAM10000)")
 PIXEL_CHECKS = [c for c in CHECK_ORDER if c != "not_dermoscopy"]
 
 
 def _corpus_module():
-    path = Path(__file__).resolve().parent.parent / "scripts" / "evaluate_quality.py"
-    spec = importlib.util.spec_from_file_location("evaluate_quality", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/evaluate_quality.py")
 
 
 # ------------------------------------------------------------------ no model needed
@@ -87,23 +80,20 @@ def test_non_lesion_corpus_is_varied_rgb():
 
 @pytest.fixture(scope="session")
 def ham_images():
-    if ROOT is None:
-        pytest.skip("HAM10000 not found (set SKINMOLE_HAM10000)")
-    test = load_set(ROOT / "labels.csv", split="test")
+    test = load_set(ham10000_or_skip() / "labels.csv", split="test")
     return [load_image(p) for p in test.paths[::76][:20]]
 
 
 @pytest.fixture(scope="session")
 def gated_folder(tmp_path_factory):
-    if ROOT is None:
-        pytest.skip("HAM10000 not found (set SKINMOLE_HAM10000)")
+    labels = ham10000_or_skip() / "labels.csv"
     folder = tmp_path_factory.mktemp("gated") / "model"
     shutil.copytree(BUNDLED_MODEL, folder)
     config = read_config(folder)
     config.pop("quality", None)  # whatever the bundled model carries, fit a fresh gate on this copy
     (folder / "config.json").write_text(json.dumps(config))
-    train = load_set(ROOT / "labels.csv", split="train")
-    val = load_set(ROOT / "labels.csv", split="val")
+    train = load_set(labels, split="train")
+    val = load_set(labels, split="val")
     train = train.subset(range(0, len(train), max(1, len(train) // 200)))
     val = val.subset(range(0, len(val), max(1, len(val) // 100)))
     fit_quality_gate(folder, train, val, cache_dir=tmp_path_factory.mktemp("cache"), log=lambda *_: None)

@@ -5,10 +5,8 @@ from a Hugging Face cache laid out in a temporary folder (HF_HUB_OFFLINE=1)."""
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,21 +16,17 @@ from pathlib import Path
 import pytest
 from huggingface_hub import SpaceCard
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hfcache import populate_cache  # noqa: E402
+from helpers import ROOT, free_port, load_script
+from hfcache import populate_cache
 
 from skinmole.model import BUNDLED_MODEL  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPO = "org/skinmole-model"
 pytestmark = pytest.mark.skipif(not (ROOT / "demo" / "app.py").is_file(), reason="demo/app.py is not there")
 
 
 def _load_publish():
-    spec = importlib.util.spec_from_file_location("skinmole_publish_script_space", ROOT / "scripts" / "publish.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/publish.py")
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +79,10 @@ def test_space_needs_a_model_repo(tmp_path, capsys):
     assert not out.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_space_runs_with_python_app_py_on_the_model_from_the_hf_cache(space_folder, tmp_path):
     cache = tmp_path / "hf-cache"
     populate_cache(cache, MODEL_REPO, BUNDLED_MODEL)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("SKINMOLE_MODEL", "HF_TOKEN", "PYTHONPATH")}
     env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), GRADIO_SERVER_NAME="127.0.0.1",
                GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1",

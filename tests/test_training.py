@@ -14,17 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skinmole.data import DatasetError, ham10000_root
+from helpers import ROOT as REPO, ham10000_or_skip, load_script
+from skinmole.data import DatasetError
 
-REPO = Path(__file__).resolve().parent.parent
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
 def _ham():
-    root = ham10000_root()
-    if root is None:
-        pytest.skip("HAM10000 not found (set SKINMOLE_HAM10000 or put it in ../shared/data/ham10000)")
-    return root
+    return ham10000_or_skip()
 
 
 def _weights_path():
@@ -252,11 +249,7 @@ def test_training_rejects_empty_class(tmp_path):
 
 
 def test_train_script_exit_code_on_bad_data(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "scripts" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/train.py")
     rows = _rows(4, 4)
     rows[0] = {**rows[0], "label": "unsure"}
     csv_path = _write_csv(tmp_path / "l.csv", rows)
