@@ -112,21 +112,22 @@ class _Converter:
         """Fold ``bn`` into an NCHW conv weight (out channels first): the arithmetic in float64."""
         if bn.axis not in (-1, 3, [-1], [3]):
             raise OnnxExportError(f"layer {bn.name!r}: BatchNormalization over axis {bn.axis} is not supported")
-        gamma, beta, mean, var = self._bn_params(bn)
-        scale = gamma / np.sqrt(var + float(bn.epsilon))
+        scale, shift = self._bn_scale_shift(bn)
         w = weight.astype(np.float64) * scale.reshape(-1, *([1] * (weight.ndim - 1)))
-        b = (bias.astype(np.float64) if bias is not None else 0.0) * scale + beta - mean * scale
+        b = (bias.astype(np.float64) if bias is not None else 0.0) * scale + shift
         return w.astype(np.float32), np.asarray(b, np.float32)
 
     @staticmethod
-    def _bn_params(bn):
+    def _bn_scale_shift(bn) -> tuple[np.ndarray, np.ndarray]:
+        """Inference-time batch norm as ``x * scale + shift`` (float64)."""
         def arr(v):
             return None if v is None else np.asarray(v.numpy(), np.float64)
 
         mean, var = arr(bn.moving_mean), arr(bn.moving_variance)
         gamma = arr(getattr(bn, "gamma", None)) if bn.scale else np.ones_like(mean)
         beta = arr(getattr(bn, "beta", None)) if bn.center else np.zeros_like(mean)
-        return gamma, beta, mean, var
+        scale = gamma / np.sqrt(var + float(bn.epsilon))
+        return scale, beta - mean * scale
 
     # -- the walk ----------------------------------------------------------------------------------
     def convert(self, output_layers: dict[str, object]):
@@ -248,9 +249,7 @@ class _Converter:
         x, layout = self.get(layer.input)
         if layer.axis not in (-1, 3, [-1], [3]) and not (layout == "nc" and layer.axis in (1, [1])):
             raise OnnxExportError(f"layer {layer.name!r}: BatchNormalization over axis {layer.axis} is not supported")
-        gamma, beta, mean, var = self._bn_params(layer)
-        scale = gamma / np.sqrt(var + float(layer.epsilon))
-        shift = beta - mean * scale
+        scale, shift = self._bn_scale_shift(layer)
         shape = (1, -1, 1, 1) if layout == "nchw" else (1, -1)
         x = self.node("Mul", [x, self.const(f"{layer.name}_scale", scale.astype(np.float32).reshape(shape))],
                       f"{layer.name}_mul")
