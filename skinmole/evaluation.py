@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import BINARY_CLASSES as BINARY_NAMES
+
 N_BOOTSTRAP = 1000
 ECE_BINS = 15
 AGE_BANDS = ("<30", "30-44", "45-59", "60-74", "75+")
 UNKNOWN = "unknown"
-BINARY_NAMES = ["benign", "malignant"]
 
 
 def _arrays(y, p) -> tuple[np.ndarray, np.ndarray]:
