@@ -30,22 +30,42 @@ _LITE0_STAGES = [
 _BN_EPS = 1e-3
 
 
-def build(architecture: str, input_size: int, num_outputs: int, dropout: float = 0.3):
-    """Build an untrained classifier (logits out) for ``architecture``."""
+COLOUR_CONSTANCY = ("none", "shades-of-gray")
+
+
+def build(architecture: str, input_size: int, num_outputs: int, dropout: float = 0.3,
+          colour_constancy: str = "none"):
+    """Build an untrained classifier (logits out) for ``architecture``; ``colour_constancy``
+    ``"shades-of-gray"`` puts ``ShadesOfGray`` in front of the rescaling, inside the model."""
+    if colour_constancy not in COLOUR_CONSTANCY:
+        raise ValueError(f"colour_constancy must be one of {COLOUR_CONSTANCY}, not {colour_constancy!r}")
+    sog = colour_constancy == "shades-of-gray"
     if architecture == "simple-cnn":
-        return build_simple_cnn(input_size, num_outputs, dropout)
+        return build_simple_cnn(input_size, num_outputs, dropout, sog)
     if architecture == "efficientnet-lite0":
-        return build_efficientnet_lite0(input_size, num_outputs, dropout)
+        return build_efficientnet_lite0(input_size, num_outputs, dropout, sog)
     raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURES}")
 
 
-def build_simple_cnn(input_size: int, num_outputs: int, dropout: float = 0.3):
+def _pixels_input(input_size: int, shades_of_gray: bool):
+    """The raw-pixel input and, with ``shades_of_gray``, the colour-constancy layer after it."""
+    import keras
+
+    inputs = keras.Input((input_size, input_size, 3), name="pixels")
+    if not shades_of_gray:
+        return inputs, inputs
+    from .colour_constancy import ShadesOfGray
+
+    return inputs, ShadesOfGray(name="shades_of_gray")(inputs)
+
+
+def build_simple_cnn(input_size: int, num_outputs: int, dropout: float = 0.3, shades_of_gray: bool = False):
     """The seed project's CNN from scratch (three conv blocks), kept as the baseline."""
     import keras
     from keras import layers
 
-    inputs = keras.Input((input_size, input_size, 3), name="pixels")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    inputs, x = _pixels_input(input_size, shades_of_gray)
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     for i, filters in enumerate((32, 64, 128)):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
         x = layers.BatchNormalization(name=f"bn{i}")(x)
@@ -65,13 +85,13 @@ def _conv_bn(x, filters, kernel, stride, name, act=True):
     return layers.ReLU(max_value=6.0, name=f"{name}_relu6")(x) if act else x
 
 
-def build_efficientnet_lite0(input_size: int, num_outputs: int, dropout: float = 0.3):
+def build_efficientnet_lite0(input_size: int, num_outputs: int, dropout: float = 0.3, shades_of_gray: bool = False):
     """EfficientNet-Lite0 backbone (named like the PyTorch checkpoint) plus a dropout + dense head."""
     import keras
     from keras import layers
 
-    inputs = keras.Input((input_size, input_size, 3), name="pixels")
-    x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescale")(inputs)
+    inputs, x = _pixels_input(input_size, shades_of_gray)
+    x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescale")(x)
     x = _conv_bn(x, 32, 3, 2, "stem")
     channels, block = 32, 0
     for expand, kernel, stride, out, repeats in _LITE0_STAGES:
@@ -153,4 +173,4 @@ def load_lite0_imagenet(model, state: dict[str, np.ndarray] | None = None, inclu
 
 def backbone_layers(model):
     """The layers to freeze during warm-up: everything before the pooled features."""
-    return [l for l in model.layers if l.name not in ("features", "head_dropout", "logits")]
+    return [l for l in model.layers if l.name not in ("features", "head_dropout", "logits", "shades_of_gray")]

@@ -124,7 +124,7 @@ def read_csv(csv_path, image_dir=None, split: str | None = None) -> LabelledSet:
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DatasetError(f"{csv_path}: {len(missing)} image files are missing, e.g. {missing[0]}")
-    meta_cols = [c for c in ("age", "sex", "localization", "lesion_id", "dx_type") if c in fields]
+    meta_cols = [c for c in ("age", "sex", "localization", "lesion_id", "dx_type", "source") if c in fields]
     metadata = {c: [r.get(c, "") for r in rows] for c in meta_cols}
     has_dx = all(d is not None for d in dxs) and bool(dxs)
     result = LabelledSet(paths, labels, dxs if has_dx else None, metadata, f"{csv_path}" + (f"[{split}]" if split else ""))

@@ -85,6 +85,8 @@ class SkinmoleModel:
         if self._keras_model is None:
             import keras
 
+            from . import colour_constancy  # noqa: F401  (registers the ShadesOfGray layer for safe mode)
+
             self._keras_model = keras.saving.load_model(self.folder / KERAS_FILE, compile=False, safe_mode=True)
         return self._keras_model
 

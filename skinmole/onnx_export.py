@@ -211,6 +211,22 @@ class _Converter:
             x = self.node("Add", [x, self.const(f"{layer.name}_offset", offset)], f"{layer.name}_add")
         return x, layout
 
+    def _layer_ShadesOfGray(self, layer):
+        """x * mean(e) / e per image and channel, e = mean((x/255)^p)^(1/p) (see colour_constancy)."""
+        x, layout = self.get(layer.input)
+        axes = [2, 3] if layout == "nchw" else [1, 2]
+        chan = 1 if layout == "nchw" else 3
+        n = layer.name
+        unit = self.node("Mul", [x, self.const(f"{n}_inv255", np.float32(1 / 255))], f"{n}_unit")
+        powed = self.node("Pow", [unit, self.const(f"{n}_p", np.float32(layer.p))], f"{n}_pow")
+        mean = self.node("ReduceMean", [powed], f"{n}_mean", axes=axes, keepdims=1)
+        mean = self.node("Add", [mean, self.const(f"{n}_eps", np.float32(layer.epsilon))], f"{n}_eps_add")
+        e = self.node("Pow", [mean, self.const(f"{n}_invp", np.float32(1 / layer.p))], f"{n}_illuminant")
+        grey = self.node("ReduceMean", [e], f"{n}_grey", axes=[chan], keepdims=1)
+        gain = self.node("Div", [grey, e], f"{n}_gain")
+        y = self.node("Mul", [x, gain], f"{n}_apply")
+        return self._clip(y, 0.0, 255.0, n), layout
+
     def _conv(self, layer, bn, depthwise: bool):
         self._check_channels_last(layer)
         x, layout = self.get(layer.input)

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import __version__
 from .calibration import fit_temperature, malignant_probability, probabilities, threshold_for_sensitivity
+from .augmentation import augmentation
 from .data import BINARY_CLASSES, DX_CLASSES, DX_NAMES, MALIGNANT_DX, LabelledSet, load_pixels, load_set
 from .model import save_model_folder
 
@@ -55,6 +56,17 @@ class TrainOptions:
     # write model.keras and the history only; finish the folder where the validation split is with
     # --init-weights FOLDER/model.keras --epochs 0.
     validation: bool = True
+    # The generalisation recipe (MODEL_CARD "What we tried"): augmentation "standard" or "camera"
+    # (white balance, gamma, field-of-view vignette); colour constancy inside the model;
+    # "source-class" weights each (collection, class) so that no collection predicts the label.
+    augment: str = "standard"
+    colour_constancy: str = "none"
+    sample_weighting: str = "class"
+    # Comma-separated `source` values to leave out of train and val (the left-out-clinic protocol).
+    exclude_sources: str | None = None
+    # Checkpoint every epoch under OUTPUT/checkpoint and resume from there when run again with the
+    # same command (a run may span sessions); the checkpoint is removed when the folder is written.
+    resume: bool = True
     verbose: int = 2
 
 
@@ -81,15 +93,49 @@ def _split_sets(opts: TrainOptions) -> tuple[LabelledSet, LabelledSet | None]:
             val_idx |= set(rng.permutation(idx)[: max(1, int(0.15 * len(idx)))].tolist())
         train = full.subset(i for i in range(len(full)) if i not in val_idx)
         val = full.subset(sorted(val_idx)) if opts.validation else None
+    if opts.exclude_sources:
+        train = _without_sources(train, opts.exclude_sources)
+        val = _without_sources(val, opts.exclude_sources) if val is not None else None
     if opts.limit:
         train = _limit(train, opts.limit, opts.seed)
         val = _limit(val, opts.limit, opts.seed) if val is not None else None
     return train, val
 
 
+def _without_sources(s: LabelledSet, sources: str) -> LabelledSet:
+    """``s`` without the images whose ``source`` column is one of the comma-separated ``sources``."""
+    drop = {x.strip() for x in sources.split(",") if x.strip()}
+    column = s.metadata.get("source")
+    if column is None:
+        raise ValueError(f"{s.source}: has no 'source' column to leave {sorted(drop)} out")
+    unknown = drop - set(column)
+    if unknown:
+        raise ValueError(f"{s.source}: no images from source {sorted(unknown)} (sources: {sorted(set(column))})")
+    return s.subset(i for i, v in enumerate(column) if v not in drop)
+
+
+def _source_class_weights(s: LabelledSet, targets: np.ndarray, class_weights: dict | None) -> np.ndarray:
+    """Per-image weights: the class weight times a factor that gives every source the pooled share
+    of malignant images (clipped to [0.25, 4] so a source with a handful of malignant images does
+    not dominate), so that recognising the collection no longer predicts the label."""
+    w = np.array([class_weights[int(t)] for t in targets]) if class_weights else np.ones(len(targets))
+    column = np.array(s.metadata.get("source") or [""] * len(s))
+    y = s.y
+    pooled = y.mean()
+    for src in np.unique(column):
+        m = column == src
+        share = y[m].mean()
+        if 0 < share < 1:
+            w[m & (y == 1)] *= np.clip(pooled / share, 0.25, 4.0)
+            w[m & (y == 0)] *= np.clip((1 - pooled) / (1 - share), 0.25, 4.0)
+    return (w / w.mean()).astype("float32")
+
+
 def _load_initial_weights(model, path) -> None:
     """Copy the weights of a saved model with the same layers into ``model`` (a clear error if not)."""
     import keras
+
+    from . import colour_constancy  # noqa: F401  (registers ShadesOfGray)
 
     source = keras.saving.load_model(path, compile=False, safe_mode=True)
     got, want = [w.shape for w in source.get_weights()], [w.shape for w in model.get_weights()]
@@ -119,25 +165,6 @@ def _class_weights(targets: np.ndarray, n_classes: int, rule: str) -> dict[int, 
         raise ValueError(f"class_weight must be sqrt, balanced or none, not {rule!r}")
     w = w / np.average(w, weights=counts)
     return {i: float(v) for i, v in enumerate(w)}
-
-
-def augmentation(seed: int):
-    """Geometry and colour augmentation, active only while training."""
-    import keras
-    from keras import layers
-
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal_and_vertical", seed=seed),
-            layers.RandomRotation(0.5, fill_mode="reflect", seed=seed + 1),
-            layers.RandomZoom((-0.25, 0.1), fill_mode="reflect", seed=seed + 2),
-            layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 3),
-            layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 4),
-            layers.RandomSaturation((0.35, 0.65), value_range=(0, 255), seed=seed + 5),
-            layers.RandomHue(0.04, value_range=(0, 255), seed=seed + 6),
-        ],
-        name="augmentation",
-    )
 
 
 def _set_backbone_trainable(model, trainable: bool) -> None:
@@ -174,7 +201,7 @@ def train(opts: TrainOptions) -> Path:
     x_val = load_pixels(val_set, opts.input_size, opts.cache_dir) if val_set else None
     _log(f"pixels ready: {x_train.shape}")
 
-    model = architectures.build(opts.architecture, opts.input_size, n_out)
+    model = architectures.build(opts.architecture, opts.input_size, n_out, colour_constancy=opts.colour_constancy)
     lite0 = opts.architecture == "efficientnet-lite0"
     pretrained = opts.pretrained and lite0 and not opts.init_weights  # ImageNet start
     if pretrained:
@@ -183,7 +210,7 @@ def train(opts: TrainOptions) -> Path:
         _load_initial_weights(model, opts.init_weights)
     fine_tuning = pretrained or bool(opts.init_weights)  # a trained backbone: lower rate, BatchNorm frozen
     inputs = keras.Input(model.input_shape[1:], name="pixels")
-    train_model = keras.Model(inputs, model(augmentation(opts.seed)(inputs)), name="training")
+    train_model = keras.Model(inputs, model(augmentation(opts.seed, opts.augment)(inputs)), name="training")
 
     def targets(y):
         return keras.utils.to_categorical(y, n_out) if use_dx else y[:, None].astype("float32")
@@ -193,12 +220,21 @@ def train(opts: TrainOptions) -> Path:
     else:
         loss = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=opts.label_smoothing)
     weights = _class_weights(y_train, max(n_out, 2), opts.class_weight)
+    sample_weight = None
+    if opts.sample_weighting == "source-class":
+        sample_weight, weights = _source_class_weights(train_set, y_train, weights), None
+    elif opts.sample_weighting != "class":
+        raise ValueError(f"sample_weighting must be class or source-class, not {opts.sample_weighting!r}")
     if val_set is not None:
         y_val = val_set.dx_index if use_dx else val_set.y
         y_val_bin = val_set.y
 
     history: list[dict] = []
     best = {"auc": -1.0, "weights": None, "epoch": 0}
+    ckpt = Checkpoint(out / "checkpoint", opts) if opts.resume else None
+    done_phases: set[str] = set()
+    if ckpt is not None:
+        done_phases = ckpt.restore(model, history, best)
 
     def val_auc() -> float:
         from sklearn.metrics import roc_auc_score
@@ -221,6 +257,8 @@ def train(opts: TrainOptions) -> Path:
             auc = row["val_auc"] = val_auc()
             if auc > best["auc"]:
                 best.update(auc=auc, weights=model.get_weights(), epoch=row["epoch"])
+            if ckpt is not None:
+                ckpt.save_progress(history, best, model)
             _log(f"epoch {row['epoch']} ({self.phase}): loss {row.get('loss', float('nan')):.4f} "
                  f"val_loss {row.get('val_loss', float('nan')):.4f} val_auc {auc:.4f} (best {best['auc']:.4f} @ {best['epoch']})")
 
@@ -233,6 +271,9 @@ def train(opts: TrainOptions) -> Path:
         phases.append(("finetune" if fine_tuning else "train", opts.epochs,
                        opts.learning_rate if fine_tuning else opts.warmup_learning_rate, True))
     for phase, epochs, lr, trainable in phases:
+        if phase in done_phases:
+            _log(f"{phase}: done before (resumed from {ckpt.folder})")
+            continue
         if fine_tuning and lite0:
             _set_backbone_trainable(model, trainable)
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.02)
@@ -241,8 +282,11 @@ def train(opts: TrainOptions) -> Path:
         train_model.fit(
             x_train, targets(y_train), batch_size=opts.batch_size, epochs=epochs, shuffle=True,
             validation_data=(x_val, targets(y_val)) if val_set is not None else None, class_weight=weights,
-            callbacks=[Track(phase)], verbose=opts.verbose,
+            sample_weight=sample_weight,
+            callbacks=[Track(phase)] + ([ckpt.backup(phase)] if ckpt is not None else []), verbose=opts.verbose,
         )
+        if ckpt is not None:
+            ckpt.phase_done(phase, model)
     train_seconds = time.time() - started
     if best["weights"] is not None:
         model.set_weights(best["weights"])
@@ -307,8 +351,80 @@ def train(opts: TrainOptions) -> Path:
     from .quality import fit_quality_gate
 
     fit_quality_gate(out, train_set, val_set, opts.cache_dir, log=_log, pixels=(x_train, x_val))
+    if ckpt is not None:
+        ckpt.remove()
     _log(f"wrote {out}")
     return out
+
+
+class Checkpoint:
+    """A training run's progress under ``folder``, so the same command resumes where it stopped.
+
+    Keras' ``BackupAndRestore`` keeps the weights, optimizer and epoch inside a phase; this adds
+    what spans phases: the finished phases, the epoch history and the best weights so far. A
+    checkpoint made with other options is refused rather than silently mixed in.
+    """
+
+    def __init__(self, folder: Path, opts: TrainOptions):
+        self.folder = Path(folder)
+        self.options = {k: v for k, v in asdict(opts).items() if k not in ("verbose", "cache_dir", "resume", "output")}
+        self.state_file = self.folder / "state.json"
+
+    def restore(self, model, history: list, best: dict) -> set[str]:
+        if not self.state_file.is_file():
+            return set()
+        state = json.loads(self.state_file.read_text())
+        if state["options"] != self.options:
+            changed = sorted(k for k in self.options if state["options"].get(k) != self.options[k])
+            raise ValueError(f"{self.folder}: a checkpoint of a run with other options ({', '.join(changed)}); "
+                             f"remove it or use another --output")
+        history.extend(state["history"])
+        if (self.folder / "last_phase.weights.h5").is_file() and state["phases_done"]:
+            model.load_weights(self.folder / "last_phase.weights.h5")
+        if state["best"]["epoch"]:
+            best_model = _clone(model)
+            best_model.load_weights(self.folder / "best.weights.h5")
+            best.update(auc=state["best"]["auc"], epoch=state["best"]["epoch"], weights=best_model.get_weights())
+        _log(f"resuming from {self.folder}: {len(history)} epochs done, phases done {state['phases_done']}")
+        return set(state["phases_done"])
+
+    def _write(self, history, best, phases_done) -> None:
+        state = {"options": self.options, "history": history, "phases_done": phases_done,
+                 "best": {"auc": best["auc"], "epoch": best["epoch"]}}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self.state_file)
+
+    def _phases_done(self) -> list[str]:
+        return json.loads(self.state_file.read_text())["phases_done"] if self.state_file.is_file() else []
+
+    def save_progress(self, history, best, model) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if best["epoch"] == history[-1]["epoch"]:
+            model.save_weights(self.folder / "best.weights.h5")
+        self._write(history, best, self._phases_done())
+
+    def phase_done(self, phase: str, model) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        model.save_weights(self.folder / "last_phase.weights.h5")
+        state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"history": [], "best": {"auc": -1.0, "epoch": 0}}
+        self._write(state["history"], state["best"], self._phases_done() + [phase])
+
+    def backup(self, phase: str):
+        import keras
+
+        return keras.callbacks.BackupAndRestore(str(self.folder / phase))
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _clone(model):
+    import keras
+
+    return keras.models.clone_model(model)
 
 
 def _export_onnx(out: Path, model) -> None:
