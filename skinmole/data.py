@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import load_model_input
+from .errors import DatasetError  # noqa: F401  (defined in the leaf module; importable from here too)
 
 DX_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 MALIGNANT_DX = ["akiec", "bcc", "mel"]
@@ -31,10 +32,6 @@ DX_NAMES = {
 BINARY_CLASSES = ["benign", "malignant"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 HAM10000_ENV = "SKINMOLE_HAM10000"
-
-
-class DatasetError(ValueError):
-    """A labelled set that cannot be used as given (missing files, unknown labels, empty class)."""
 
 
 @dataclass

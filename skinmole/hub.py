@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .model import BUNDLED_MODEL, CONFIG_FILE, ModelLoadError, load_model_folder, read_config
+from .errors import PublishError  # noqa: F401  (defined in the leaf module; importable from here too)
 
 # What a model folder needs at inference: the config, the weights (Keras, ONNX) and the statistics
 # the quality gate stores beside them. ``download_model`` fetches only these.
@@ -55,10 +56,6 @@ SPLIT_NAMES = {
     "test": "test split (held out; used only for reporting)",
     "val": "validation split (also used to choose the threshold and temperature, so optimistic)",
 }
-
-
-class PublishError(RuntimeError):
-    """Publishing failed: no token, the Hub unreachable, the push refused, a bad model folder."""
 
 
 def _network_errors() -> tuple:

@@ -17,15 +17,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from .errors import InvalidImageError  # noqa: F401  (defined in the leaf module; importable from here too)
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 64_000_000  # a 4000x3000 photo is 12 MP; anything past 64 MP is treated as a bomb
 MIN_SIDE = 1
 ALLOWED_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM", "TGA"}
-
-
-class InvalidImageError(ValueError):
-    """The input is not an image skinmole can read; the message names the input and why."""
 
 
 def describe(source) -> str:

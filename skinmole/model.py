@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from .errors import ModelLoadError  # noqa: F401  (re-exported: skinmole.model.ModelLoadError)
+
 CONFIG_FILE = "config.json"
 KERAS_FILE = "model.keras"
 FORMAT_VERSION = 1
@@ -21,10 +23,6 @@ REQUIRED_KEYS = (
     "format_version", "architecture", "input_size", "class_names", "malignant_classes",
     "threshold", "temperature", "weights_sha256",
 )
-
-
-class ModelLoadError(ValueError):
-    """The source is not a usable skinmole model (missing, not a model folder, tampered, ...)."""
 
 
 def sha256_file(path) -> str:

@@ -15,14 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from .errors import OnnxExportError  # noqa: F401  (defined in the leaf module; importable from here too)
 
 ONNX_FILE = "model.onnx"
 OPSET = 17
 CHECK_ATOL = 1e-4
-
-
-class OnnxExportError(ValueError):
-    """The model cannot be exported (an unsupported layer or setting), or the export does not match."""
 
 
 def _act_name(fn) -> str:

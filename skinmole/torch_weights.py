@@ -15,6 +15,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from .errors import UnsafeWeightsError  # noqa: F401  (defined in the leaf module; importable from here too)
 
 _MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_DTYPES = {
@@ -28,10 +29,6 @@ _STORAGE_DTYPES = {
     "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
-
-
-class UnsafeWeightsError(ValueError):
-    """The file is not a plain legacy state dict of tensors."""
 
 
 class _StorageType:
