@@ -25,8 +25,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from skinmole.data import ham10000_labels  # noqa: E402
-from skinmole.source_metrics import evaluate_by_source  # noqa: E402
+from skinmole import evaluation  # noqa: E402
+from skinmole.data import ham10000_labels, load_set  # noqa: E402
+from skinmole import load_model  # noqa: E402
+
+
+def evaluate_by_source(folder, labels, split: str) -> dict:
+    """Every image of ``split`` (quality gate off), per source, at the model's own threshold."""
+    model = load_model(folder)
+    s = load_set(labels, split=split)
+    preds = evaluation.predict_set(model, s)
+    sub = s.subset(preds.index)
+    return evaluation.metrics_by_source(sub.y, preds.p_malignant, sub.metadata["source"], model.threshold)
 
 
 def main(argv=None) -> int:

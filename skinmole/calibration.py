@@ -67,3 +67,25 @@ def threshold_for_sensitivity(y_true: np.ndarray, scores: np.ndarray, target: fl
         raise ValueError("no positive (malignant) examples to choose a threshold from")
     k = int(np.ceil(target * len(pos)))  # need k positives at or above the threshold
     return float(pos[max(k, 1) - 1])
+
+
+MIN_POSITIVES_PER_GROUP = 50  # sources with fewer malignant validation images do not set the threshold
+
+
+def threshold_within_groups(y_true, scores, groups, target: float = 0.90,
+                            min_positives: int = MIN_POSITIVES_PER_GROUP) -> tuple[float, list[str]]:
+    """The highest threshold that reaches ``target`` sensitivity pooled AND within every group
+    (image collection) with at least ``min_positives`` positives; returns it and those groups.
+
+    Why: a threshold tuned on the pooled set can keep 0.90 pooled while missing far more malignant
+    lesions within one clinic; the lowest of the per-group thresholds holds in each of them.
+    """
+    y, s, g = np.asarray(y_true), np.asarray(scores, dtype=np.float64), np.asarray(groups)
+    threshold = threshold_for_sensitivity(y, s, target)
+    used = []
+    for name in sorted(set(g.tolist())):
+        m = g == name
+        if int(y[m].sum()) >= min_positives:
+            used.append(name)
+            threshold = min(threshold, threshold_for_sensitivity(y[m], s[m], target))
+    return float(threshold), used

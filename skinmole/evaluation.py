@@ -291,6 +291,35 @@ def subgroups(y, p, metadata: dict[str, list], threshold: float) -> dict[str, li
     return out
 
 
+MIN_PER_CLASS_FOR_AUC = 10  # a within-source AUC on fewer malignant (or benign) images is noise: None
+
+
+def metrics_by_source(y, p, sources, threshold: float) -> dict[str, dict]:
+    """{"pooled": ..., "<source>": ...}: n, malignant count, ROC AUC and sensitivity/specificity at
+    ``threshold``, pooled and within each image collection.
+
+    Why: HAM10000's collections differ in what they hold (vidir_molemax is almost all benign nevi),
+    so a model that recognises the collection scores well pooled without knowing the lesion; the
+    AUC *within* a source is what says how well it judges lesions.
+    """
+    y, p = _arrays(y, p)
+    sources = np.asarray(sources)
+    out = {}
+    for name in ["pooled", *sorted(set(sources.tolist()))]:
+        m = np.ones(len(y), bool) if name == "pooled" else sources == name
+        yy, pp = y[m], p[m]
+        n_pos, n_neg = int(yy.sum()), int(len(yy) - yy.sum())
+        auc = roc_auc(yy, pp) if min(n_pos, n_neg) >= MIN_PER_CLASS_FOR_AUC else None
+        ss = sensitivity_specificity(yy, pp, threshold)
+        out[name] = {
+            "n": int(m.sum()), "n_malignant": n_pos,
+            "roc_auc": None if auc is None else round(auc, 4),
+            "sensitivity": None if ss["sensitivity"] is None else round(ss["sensitivity"], 4),
+            "specificity": None if ss["specificity"] is None else round(ss["specificity"], 4),
+        }
+    return out
+
+
 # --------------------------------------------------------------------------- everything together
 
 def _curves(y: np.ndarray, p: np.ndarray) -> dict:
@@ -353,6 +382,8 @@ def compute_metrics(y, p, threshold: float, *, dx_true=None, dx_pred=None, dx_na
     else:
         out["accuracy_7class"] = out["balanced_accuracy_7class"] = None
     out["subgroups"] = subgroups(y, p, metadata or {}, threshold)
+    if metadata and "source" in metadata:
+        out["by_source"] = metrics_by_source(y, p, metadata["source"], threshold)
     return out
 
 
@@ -367,6 +398,8 @@ def summary(metrics: dict, split: str) -> dict:
         v = metrics.get(k)
         out[k] = [round(x, 4) for x in v] if isinstance(v, (list, tuple)) else (round(v, 4) if isinstance(v, float) else v)
     out["threshold"] = metrics["threshold"]
+    if "by_source" in metrics:
+        out["by_source"] = {k: v for k, v in metrics["by_source"].items() if k != "pooled"}
     return out
 
 
@@ -568,6 +601,11 @@ def format_summary(metrics: dict) -> str:
         f"7-class bal. acc.  {f(metrics.get('balanced_accuracy_7class'))}",
         f"ECE ({metrics['ece_bins']} bins)     {f(metrics['ece'])}",
     ]
+    if metrics.get("by_source"):
+        lines.append("by source (image collection; within-source AUC):")
+        for name, r in metrics["by_source"].items():
+            lines.append(f"  {name:<18} n={r['n']:<5} malignant={r['n_malignant']:<4} AUC {f(r['roc_auc'])}"
+                         f"  sens {f(r['sensitivity'])}  spec {f(r['specificity'])}")
     for name, rows in metrics.get("subgroups", {}).items():
         lines.append(f"by {name}:")
         for r in rows:

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .calibration import fit_temperature, malignant_probability, probabilities, threshold_for_sensitivity
+from .calibration import (
+    fit_temperature, malignant_probability, probabilities, threshold_for_sensitivity, threshold_within_groups,
+)
 from .augmentation import augmentation
 from .data import BINARY_CLASSES, DX_CLASSES, DX_NAMES, MALIGNANT_DX, LabelledSet, load_pixels, load_set
 from .model import save_model_folder
@@ -301,8 +303,14 @@ def train(opts: TrainOptions) -> Path:
     val_logits = model.predict(x_val, batch_size=256, verbose=0)
     temperature = fit_temperature(val_logits, y_val)
     p_val = malignant_probability(probabilities(val_logits, temperature), class_names, malignant)
-    threshold = threshold_for_sensitivity(y_val_bin, p_val, opts.target_sensitivity)
+    val_sources = val_set.metadata.get("source")
+    if val_sources:
+        threshold, rule_sources = threshold_within_groups(y_val_bin, p_val, val_sources, opts.target_sensitivity)
+    else:
+        threshold, rule_sources = threshold_for_sensitivity(y_val_bin, p_val, opts.target_sensitivity), []
     from sklearn.metrics import roc_auc_score
+
+    from .evaluation import metrics_by_source
 
     pred = p_val >= threshold
     val_metrics = {
@@ -312,6 +320,9 @@ def train(opts: TrainOptions) -> Path:
         "sensitivity": float(pred[y_val_bin == 1].mean()),
         "specificity": float((~pred[y_val_bin == 0]).mean()),
     }
+    if val_sources:
+        val_metrics["by_source"] = {k: v for k, v in metrics_by_source(y_val_bin, p_val, val_sources, threshold).items()
+                                    if k != "pooled"}
     _log(f"best epoch {best['epoch']}; temperature {temperature:.3f}; threshold {threshold:.4f}; val {val_metrics}")
 
     config = {
@@ -329,7 +340,8 @@ def train(opts: TrainOptions) -> Path:
         "class_descriptions": {c: DX_NAMES.get(c, c) for c in class_names},
         "malignant_classes": malignant,
         "threshold": threshold,
-        "threshold_rule": f"val sensitivity {opts.target_sensitivity:.2f}",
+        "threshold_rule": f"val sensitivity {opts.target_sensitivity:.2f}"
+                          + (f" pooled and within {', '.join(rule_sources)}" if rule_sources else ""),
         "temperature": temperature,
         "calibration": "temperature scaling on logits, fitted on validation negative log-likelihood",
         "metrics": {"val": val_metrics},
