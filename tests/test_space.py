@@ -19,6 +19,8 @@ from huggingface_hub import SpaceCard
 from helpers import ROOT, free_port, load_script
 from hfcache import populate_cache
 
+from skinmole import hub_metadata, space  # noqa: E402
+from skinmole.hub import PublishError  # noqa: E402
 from skinmole.model import BUNDLED_MODEL  # noqa: E402
 
 MODEL_REPO = "org/skinmole-model"
@@ -63,6 +65,40 @@ def test_space_front_matter(space_folder):
     assert data.models == [MODEL_REPO]
     assert data.title and data.emoji
     assert "Not a diagnostic device" in card.text
+    assert 0 < len(data.short_description) <= 60
+    assert hub_metadata.space_metadata_problems(data.to_dict()) == []
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"short_description": "Mole image -> resemblance to malignant lesions (not a diagnosis)"},
+     "short_description: 64 characters; the Hub takes 1 to 60"),
+    ({"colorFrom": "orange"}, "colorFrom: 'orange' is not one of"),
+    ({"emoji": "mole"}, "emoji: 'mole' is not emoji-only"),
+    ({"sdk": "flask"}, "sdk: 'flask' is not one of"),
+    ({"sdk_version": "latest"}, "sdk_version: 'latest' is not a version number"),
+    ({"python_version": "2.7"}, "python_version: '2.7' is not 3.x or 3.x.x"),
+    ({"pinned": "no"}, "pinned: must be true or false"),
+    ({"models": ["skinmole-model"]}, "models: 'skinmole-model' is not a model repo id"),
+    ({"preload_from_hub": ["org/m a,b sha extra"]}, "preload_from_hub: 'org/m a,b sha extra' is not"),
+    ({"license": "CC-BY-NC-4.0"}, "license: 'CC-BY-NC-4.0' is not one of the Hub's licence identifiers"),
+    ({"app_file": ""}, "app_file: required"),
+    ({"sdk_versoin": "6.0.0"}, "sdk_versoin: not a Space configuration field"),
+])
+def test_space_front_matter_problems_are_found(space_folder, change, problem):
+    data = {**SpaceCard.load(space_folder / "README.md").data.to_dict(), **change}
+    problems = hub_metadata.space_metadata_problems(data)
+    assert any(problem in p for p in problems), problems
+
+
+def test_a_space_card_the_hub_would_refuse_is_not_written(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(space, "SHORT_DESCRIPTION", "x" * 61)
+    with pytest.raises(PublishError, match="short_description: 61 characters"):
+        space.build_space_card("org/skinmole-demo", MODEL_REPO)
+    out = tmp_path / "space"
+    assert _load_publish().main(["--space", "org/demo", "--model-repo", MODEL_REPO, "--dry-run",
+                                 "--output", str(out)]) == 1
+    assert "short_description: 61 characters" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_space_imports_its_vendored_skinmole(space_folder):
