@@ -6,6 +6,7 @@ training data. See MODEL_CARD.md for what the numbers mean and where they come f
 
 __version__ = "0.1.0"
 
+from . import privacy  # noqa: E402,F401  (first: telemetry off before any dependency loads)
 from .images import InvalidImageError, load_image, to_model_input  # noqa: E402
 from .model import ModelLoadError, SkinmoleModel, load_model  # noqa: E402
 from .predict import Prediction, iter_predict, predict  # noqa: E402
