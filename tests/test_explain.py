@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 import skinmole
-from skinmole.sample_images import sample_paths
+from skinmole.explain import Heatmap
+from skinmole.sample_images import sample_path, sample_paths
 
 
 @pytest.fixture(scope="module")
 def model():
-    from skinmole.model import default_model
-
-    return default_model()  # the bundled model, shared with the other test modules
+    return skinmole.load_model()  # the bundled model, loaded once per process
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def test_heatmap_has_the_original_image_shape_finite_and_in_range(model, heatmap
     for path, heat in zip(sample_paths(), heatmaps):
         rgb = skinmole.load_image(path)
         assert heat.shape == rgb.shape[:2], path.name
-        assert heat.dtype == np.float32
+        assert heat.dtype == np.float32 and isinstance(heat, Heatmap)
         assert np.all(np.isfinite(heat))
         assert heat.min() >= 0.0 and heat.max() <= 1.0
 
@@ -95,6 +94,49 @@ def test_binary_head_heatmap_and_target_is_the_logit(binary_model):
     assert 1 / (1 + np.exp(-score / binary_model.temperature)) == pytest.approx(p, rel=1e-4)
 
 
+def test_size_gives_the_map_at_that_size(model):
+    heat = skinmole.explain(sample_paths()[4], model, size=(64, 48))
+    assert heat.shape == (48, 64) and heat.dtype == np.float32
+    full = skinmole.explain(sample_paths()[4], model)
+    assert heat.stands_out == full.stands_out and heat.peak_log_odds == full.peak_log_odds
+
+
+def test_weak_map_is_flagged_and_stays_faint(model):
+    """The bundled melanoma sample: its brightest cell moves the malignant log-odds by ~0.006, so no
+    region stands out and the map is not stretched to a saturated blob; the bcc sample's map does
+    stand out and reaches 1 at its peak."""
+    from skinmole.explain import MIN_LOG_ODDS_SHARE
+
+    mel = skinmole.explain(sample_path("mel"), model)
+    assert not mel.stands_out and mel.peak_log_odds < MIN_LOG_ODDS_SHARE
+    assert mel.max() <= mel.peak_log_odds / MIN_LOG_ODDS_SHARE + 1e-6 < 0.5
+    bcc = skinmole.explain(sample_path("bcc"), model)
+    assert bcc.stands_out and bcc.peak_log_odds >= MIN_LOG_ODDS_SHARE
+    assert bcc.max() == pytest.approx(1.0, abs=0.02)
+
+
+def test_peak_is_the_brightest_cells_share_of_the_malignant_log_odds(model):
+    """Behind global average pooling the raw Grad-CAM cells add up to the linearised score (log P):
+    the map's sum equals the gradient-weighted feature sum, and the peak is that cell's value
+    divided by 1 - P (d log-odds / d log P)."""
+    from skinmole.explain import _cam_function
+
+    path = sample_path("akiec")
+    x = skinmole.to_model_input(skinmole.load_image(path), model.input_size)[None].astype(np.float32)
+    cam, score = _cam_function(model)(x)
+    p = float(np.exp(np.asarray(score)[0]))
+    assert p == pytest.approx(skinmole.predict(path, model, check_quality=False).malignant_probability, rel=1e-4)
+    heat = skinmole.explain(path, model)
+    assert heat.peak_log_odds == pytest.approx(float(np.asarray(cam).max()) / (1 - p), rel=1e-4)
+
+
+def test_heatmap_is_an_array_wherever_one_was():
+    heat = Heatmap(np.array([[0.0, 0.5], [1.0, 0.25]]), True, 0.3)
+    assert heat.dtype == np.float32 and heat.stands_out and heat.peak_log_odds == pytest.approx(0.3)
+    assert heat[0].stands_out and type(np.asarray(heat)) is np.ndarray
+    assert float(heat.max()) == 1.0
+
+
 def test_bad_input_is_a_typed_error(model):
     with pytest.raises(skinmole.InvalidImageError):
         skinmole.explain(b"not an image at all", model)
@@ -112,6 +154,21 @@ def test_overlay_shape_dtype_and_blend(heatmaps):
         skinmole.overlay(rgb, heatmaps[0][:-1])
     with pytest.raises(ValueError, match="alpha"):
         skinmole.overlay(rgb, heatmaps[0], alpha=1.5)
+
+
+def test_overlay_uses_viridis_end_to_end_and_blends_every_row():
+    """Colour-blind-safe and perceptually uniform by default: 0 is viridis' dark blue-purple, 1 its
+    yellow; a tall image is blended in row blocks without a seam."""
+    from matplotlib import colormaps
+
+    rgb = np.full((700, 3, 3), 200, dtype=np.uint8)
+    heat = np.zeros((700, 3), dtype=np.float32)
+    heat[:, 2] = 1.0
+    out = skinmole.overlay(rgb, heat, alpha=1.0)
+    low, high = (np.rint(np.array(colormaps["viridis"](v)[:3]) * 255).astype(np.uint8) for v in (0.0, 1.0))
+    assert (out[:, 0] == low).all() and (out[:, 2] == high).all()
+    half = skinmole.overlay(rgb, heat, alpha=0.5)
+    np.testing.assert_array_equal(half[:, 2], np.rint(0.5 * 200 + 0.5 * high.astype(np.float32)).astype(np.uint8)[None].repeat(700, 0))
 
 
 def test_import_skinmole_does_not_import_tensorflow():
