@@ -37,7 +37,7 @@ from PIL import Image
 
 import skinmole
 from skinmole import InvalidImageError
-from skinmole.model import default_model, sha256_file
+from skinmole.model import sha256_file
 from skinmole.sample_images import SAMPLES, sample_paths
 
 log = logging.getLogger("skinmole.demo")
@@ -74,7 +74,7 @@ def load_demo_model(source=None):
     """Load the model once and run one warm-up prediction and explanation, so that the lazy parts
     (engine, Grad-CAM sub-model) are built before visitors arrive and never concurrently."""
     # None: the bundled model, through the library's per-process cache (shared with predict()).
-    model = default_model() if source is None else skinmole.load_model(source)
+    model = skinmole.load_model(source)  # None: the bundled model, loaded once per process
     warm = sample_paths()[0]
     skinmole.predict(warm, model)
     skinmole.explain(warm, model)

@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from skinmole.data import DatasetError, load_set
-from skinmole.model import BUNDLED_MODEL, ModelLoadError, load_model, read_config, write_config
+from skinmole.model import BUNDLED_MODEL, ModelLoadError, load_model
 
 
 def _fail(msg: str) -> int:
@@ -88,15 +88,13 @@ def main(argv=None) -> int:
 
     if args.update_config:
         folder = model.folder
-        config = read_config(folder)
         entry = evaluation.summary(metrics, split=f"{labelled.source} (n={metrics['n']})")
-        config.setdefault("metrics", {})[key] = entry
-        write_config(folder, config)
+        model.model_folder.update(metrics={**model.spec.metrics, key: entry})
         plot_dir = folder / "plots"
         plot_dir.mkdir(exist_ok=True)
         for png in plots:
             shutil.copy2(png, plot_dir / png.name)
-        print(f"updated {folder / 'config.json'} metrics[{key!r}] and {plot_dir}")
+        print(f"updated {folder / model.model_folder.config_file} metrics[{key!r}] and {plot_dir}")
     return 0
 
 

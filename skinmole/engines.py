@@ -3,15 +3,17 @@
 ``features`` is the penultimate vector the out-of-distribution score uses. The Keras engine needs
 TensorFlow (seconds to import, ~40 ms of per-call overhead); the ONNX Runtime engine runs the
 folder's ``model.onnx`` (written by ``skinmole.onnx_export``, same outputs within 1e-4) in about a
-millisecond per image without importing TensorFlow. ``make_engine`` picks ONNX where it can.
+millisecond per image without importing TensorFlow. ``make_engine`` uses ONNX for every folder that
+has an ONNX file; when onnxruntime is missing it says so instead of quietly loading TensorFlow.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
+
+from .errors import ModelLoadError
 
 ENGINES = ("auto", "keras", "onnx")
 # Idle ONNX Runtime threads sleep instead of busy-waiting: on a shared machine (this one trains
@@ -43,27 +45,53 @@ class KerasEngine:
 
     name = "keras"
 
-    def __init__(self, model):
-        self._model = with_features(model.keras_model)
+    def __init__(self, keras_model):
+        self._model = with_features(keras_model)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, features = self._model.predict_on_batch(np.asarray(batch, dtype=np.float32))
         return np.asarray(logits, dtype=np.float32), np.asarray(features, dtype=np.float32)
 
 
-class OnnxEngine:
-    """Runs ``model.onnx`` with ONNX Runtime: one intra-op thread per core, sequential execution,
-    all graph optimisations. Input ``pixels`` uint8 (N, S, S, 3); outputs ``logits``, ``features``.
+def import_onnxruntime():
+    """``onnxruntime``, or a ``ModelLoadError`` that says how to get it. Only an import failure is
+    turned into that error: an interrupt (Ctrl-C) while it imports stays an interrupt."""
+    try:
+        import onnxruntime
+    except ModuleNotFoundError as exc:
+        if exc.name != "onnxruntime":
+            raise _interrupt_or(exc, f"onnxruntime is installed but cannot be imported ({exc})") from exc
+        raise ModelLoadError("the ONNX engine needs onnxruntime: pip install onnxruntime "
+                             "(or load the model with engine='keras', which needs TensorFlow)") from exc
+    except ImportError as exc:
+        raise _interrupt_or(exc, f"onnxruntime is installed but cannot be imported ({exc}); "
+                                 "reinstall it: pip install --force-reinstall onnxruntime") from exc
+    return onnxruntime
 
-    ``threads`` (env ``SKINMOLE_ONNX_THREADS``) and ``spinning`` (env ``SKINMOLE_ONNX_SPINNING``,
-    0/1: whether idle worker threads busy-wait; fastest on an idle machine, slowest on a shared one)
-    override the defaults."""
+
+def _interrupt_or(exc: BaseException, message: str) -> BaseException:
+    """A KeyboardInterrupt that an extension module's import wrapped in an ImportError, else the error."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return KeyboardInterrupt()
+        seen = seen.__cause__ or seen.__context__
+    return ModelLoadError(message)
+
+
+class OnnxEngine:
+    """Runs a skinmole ONNX model with ONNX Runtime: one intra-op thread per core, sequential
+    execution, all graph optimisations. Input ``pixels`` uint8 (N, S, S, 3); outputs ``logits``, ``features``.
+
+    ``model``: the ONNX file's bytes (the bytes whose sha256 was checked) or a path. ``threads``
+    (env ``SKINMOLE_ONNX_THREADS``) and ``spinning`` (env ``SKINMOLE_ONNX_SPINNING``, 0/1: whether
+    idle worker threads busy-wait; fastest on an idle machine, slowest on a shared one) override the
+    defaults."""
 
     name = "onnx"
 
-    def __init__(self, path, threads: int | None = None, spinning: bool | None = None):
-        import onnxruntime as ort
-
+    def __init__(self, model, threads: int | None = None, spinning: bool | None = None, *, name: str = "model.onnx"):
+        ort = import_onnxruntime()
         if threads is None:
             threads = int(os.environ.get("SKINMOLE_ONNX_THREADS") or cpu_cores())
         if spinning is None:
@@ -74,18 +102,34 @@ class OnnxEngine:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        self.path = str(path)
+        self.path = name if isinstance(model, (bytes, bytearray)) else str(model)
         self.threads, self.spinning = max(1, threads), spinning
         self.max_batch = MAX_BATCH
-        self._session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
+        source = bytes(model) if isinstance(model, (bytes, bytearray)) else str(model)
+        try:
+            self._session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for unreadable models
+            raise ModelLoadError(f"{self.path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from exc
         inputs = self._session.get_inputs()
-        outputs = {o.name for o in self._session.get_outputs()}
-        if len(inputs) != 1 or not {"logits", "features"} <= outputs:
-            from .model import ModelLoadError
-
-            raise ModelLoadError(f"{path}: not a skinmole ONNX model (needs one input and outputs logits, features)")
+        self.outputs = {o.name: list(o.shape) for o in self._session.get_outputs()}
+        if len(inputs) != 1 or not {"logits", "features"} <= set(self.outputs):
+            raise ModelLoadError(f"{self.path}: not a skinmole ONNX model (needs one input and outputs logits, features)")
         self._input = inputs[0].name
+        self.input_shape = list(inputs[0].shape)
         self._dtype = np.uint8 if inputs[0].type == "tensor(uint8)" else np.float32
+
+    def check(self, input_size: int, n_logits: int, feature_dim: int | None) -> None:
+        """Refuse an ONNX model whose input size or output widths differ from the config's."""
+        shape = self.input_shape
+        if len(shape) != 4 or shape[1:] != [input_size, input_size, 3]:
+            raise ModelLoadError(f"{self.path}: input_size: the ONNX model takes {shape[1:]}, "
+                                 f"the config says {input_size}")
+        if self.outputs["logits"][-1] != n_logits:
+            raise ModelLoadError(f"{self.path}: class_names: the ONNX model answers {self.outputs['logits'][-1]} "
+                                 f"logits, the config's head needs {n_logits}")
+        if feature_dim is not None and self.outputs["features"][-1] != feature_dim:
+            raise ModelLoadError(f"{self.path}: quality: feature_dim is {feature_dim}, the ONNX model's "
+                                 f"features have {self.outputs['features'][-1]}")
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         batch = np.ascontiguousarray(batch, dtype=self._dtype)
@@ -103,33 +147,21 @@ def run_in_batches(engine, pixels: np.ndarray, batch_size: int = 64) -> tuple[np
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def onnx_available() -> bool:
-    """Whether onnxruntime is installed (found without importing it)."""
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
-def make_engine(model, choice: str = "auto"):
-    """The engine for ``model``: ``"onnx"``, ``"keras"``, or ``"auto"`` (ONNX Runtime when it is
-    installed and the folder has an ONNX file, else Keras)."""
-    from .model import ModelLoadError
-
+def make_engine(folder, choice: str = "auto", keras_model=None):
+    """The engine for an opened ``ModelFolder``: ``"onnx"``, ``"keras"``, or ``"auto"``: ONNX Runtime
+    when the folder has an ONNX file (a missing onnxruntime is then an error that says so, never a
+    silent switch to TensorFlow), Keras only for a folder without one. ``keras_model``: already loaded."""
     if choice not in ENGINES:
         raise ValueError(f"engine must be 'auto', 'keras' or 'onnx', not {choice!r}")
-    if choice == "keras":
-        return KerasEngine(model)
-    onnx_file = model.config.get("onnx_file")
-    if choice == "onnx":
-        if not onnx_file:
-            raise ModelLoadError(
-                f"{model.folder}: engine='onnx' but the model folder has no ONNX file; "
-                f"add one with: python scripts/export_onnx.py --model {model.folder}"
-            )
-        if not onnx_available():
-            raise ModelLoadError("engine='onnx' needs onnxruntime: pip install onnxruntime")
-        return OnnxEngine(model.folder / onnx_file)
-    if onnx_file and onnx_available():
-        try:
-            return OnnxEngine(model.folder / onnx_file)
-        except ImportError:  # a broken onnxruntime install: the Keras engine gives the same answers
-            pass
-    return KerasEngine(model)
+    config = folder.config
+    if choice == "keras" or (choice == "auto" and not config.onnx_file):
+        return KerasEngine(keras_model if keras_model is not None else folder.keras_model())
+    if not config.onnx_file:
+        raise ModelLoadError(
+            f"{folder.path}: engine='onnx' but the model folder has no ONNX file; "
+            f"add one with: python scripts/export_onnx.py --model {folder.path}"
+        )
+    import_onnxruntime()  # before reading 13 MB: a missing onnxruntime is said first
+    engine = OnnxEngine(folder.read_verified(config.onnx_file), name=f"{folder.path}/{config.onnx_file}")
+    engine.check(config.input_size, config.n_logits, config.quality.feature_dim if config.quality else None)
+    return engine

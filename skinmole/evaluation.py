@@ -471,9 +471,9 @@ def evaluate(model, labelled_set, *, batch_size: int = 64, n_bootstrap: int = N_
     The probabilities are those ``predict(..., check_quality=False)`` returns; the operating point is
     the model's own threshold.
     """
-    from .model import resolve_model
+    from .model import load_model
 
-    m = resolve_model(model)  # once: loading checks the sha256 of every file
+    m = load_model(model)  # once: loading checks the sha256 of every file
     preds = predict_set(m, labelled_set, batch_size=batch_size)
     return metrics_for(m, labelled_set, preds, n_bootstrap=n_bootstrap, seed=seed)
 

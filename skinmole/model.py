@@ -1,221 +1,180 @@
-"""The model object: a model folder's config plus its inference engine, and how folders are found.
+"""``load_model``: the one door to a model (the bundled default, a local folder, or a Hub repo id).
 
-A model folder holds ``model.keras``, ``config.json`` (labels, input size, threshold, temperature,
-sha256 of every weights file, metrics) and whatever the quality gate stores. ``load_model`` finds
-the folder (the bundled default, a local path or a Hub repo id), verifies the sha256 and builds the
-fastest engine available. TensorFlow/Keras is imported only when the Keras model is asked for.
+It opens the folder (``ModelFolder``: the config validated, every file's sha256 checked), builds the
+engine and the quality gate from the checked bytes, and returns a ``SkinmoleModel``: those three
+plus the ``Head`` that turns logits into an answer. Everything is checked here, at load, so a bad
+folder fails with a ``ModelLoadError`` naming the file or field, never at the first prediction.
+The bundled default is loaded once per process. TensorFlow is imported only for the Keras engine
+or ``keras_model`` (Grad-CAM).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+import threading
 from pathlib import Path
 
-from .errors import ModelLoadError  # noqa: F401  (re-exported: skinmole.model.ModelLoadError)
+from .config import SKINMOLE_FILE, ModelConfig
+from .download import download_model, looks_like_repo_id
+from .errors import ModelLoadError
+from .head import Head
+from .model_folder import ModelFolder, sha256_file
 
-CONFIG_FILE = "config.json"
-KERAS_FILE = "model.keras"
-FORMAT_VERSION = 1
 BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "default"
-REQUIRED_KEYS = (
-    "format_version", "architecture", "input_size", "class_names", "malignant_classes",
-    "threshold", "temperature", "weights_sha256",
-)
+CONFIG_FILE = SKINMOLE_FILE  # skinmole's config in a model folder (format 1 folders: config.json)
 
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["BUNDLED_MODEL", "ModelLoadError", "SkinmoleModel", "load_model", "read_config", "save_model_folder",
+           "sha256_file"]
 
 
 class SkinmoleModel:
-    """A loaded model: ``config`` (dict), ``folder``, the engine, and ``keras_model`` on demand."""
+    """A loaded model: the folder it came from, its engine, its gate and its head. Made by ``load_model``.
 
-    def __init__(self, folder: Path, config: dict, engine: str = "auto"):
-        self.folder = Path(folder)
-        self.config = config
-        self._keras_model = None
-        self._engine = None
-        self._gate = None
-        self._engine_choice = engine
+    ``spec`` is the typed, validated ``ModelConfig``; ``config`` the same as a plain dict (what
+    ``skinmole.json`` says), for readers that want a key by name."""
+
+    def __init__(self, model_folder: ModelFolder, engine, gate, keras_model=None):
+        self.model_folder = model_folder
+        self.spec: ModelConfig = model_folder.config
+        self.head = Head.from_config(self.spec)
+        self.engine = engine
+        self.quality_gate = gate
+        self._keras_model = keras_model
 
     def __repr__(self) -> str:
-        c = self.config
-        return (f"SkinmoleModel({c['architecture']}, {self.input_size}px, classes={c['class_names']}, "
-                f"threshold={self.threshold:.4f}, engine={self.engine.name})")
+        s = self.spec
+        return (f"SkinmoleModel({s.architecture}, {s.input_size}px, classes={list(s.class_names)}, "
+                f"threshold={s.threshold:.4f}, engine={self.engine.name})")
+
+    @property
+    def folder(self) -> Path:
+        return self.model_folder.path
+
+    @property
+    def config(self) -> dict:
+        return self.spec.to_dict()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def architecture(self) -> str:
+        return self.spec.architecture
 
     @property
     def input_size(self) -> int:
-        return int(self.config["input_size"])
+        return self.spec.input_size
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.config["class_names"])
+        return list(self.spec.class_names)
 
     @property
     def malignant_classes(self) -> list[str]:
-        return list(self.config["malignant_classes"])
+        return list(self.spec.malignant_classes)
 
     @property
     def threshold(self) -> float:
-        return float(self.config["threshold"])
+        return self.spec.threshold
 
     @property
     def temperature(self) -> float:
-        return float(self.config["temperature"])
+        return self.spec.temperature
 
     @property
     def version(self) -> str:
-        return str(self.config.get("version", ""))
+        return self.spec.version
 
     @property
     def weights_sha256(self) -> str:
-        return self.config["weights_sha256"]
+        return self.spec.weights_sha256
 
     @property
     def keras_model(self):
-        """The ``keras.Model`` (raw RGB pixels in, logits out), loaded in Keras' safe mode."""
+        """The ``keras.Model`` (raw RGB pixels in, logits out) from the checked weights, in Keras'
+        safe mode; loaded on first use (imports TensorFlow)."""
         if self._keras_model is None:
-            import keras
-
-            from . import colour_constancy  # noqa: F401  (registers the ShadesOfGray layer for safe mode)
-
-            self._keras_model = keras.saving.load_model(self.folder / KERAS_FILE, compile=False, safe_mode=True)
+            self._keras_model = self.model_folder.keras_model()
         return self._keras_model
 
-    @property
-    def quality_gate(self):
-        """The image-quality / out-of-distribution gate, or None for a model folder without one."""
-        if self._gate is None and self.config.get("quality"):
-            from .quality import QualityGate
 
-            self._gate = QualityGate.from_folder(self.folder, self.config["quality"])
-        return self._gate
-
-    @property
-    def engine(self):
-        """The inference engine: ``run(batch_uint8) -> (logits, features)``."""
-        if self._engine is None:
-            from .engines import make_engine
-
-            self._engine = make_engine(self, self._engine_choice)
-        return self._engine
-
-
-def verify_sha256(folder: Path, name: str, expected: str | None, what: str = "the weights") -> None:
-    """Refuse a file of a model folder whose sha256 is not the one config.json records."""
-    path = folder / name
-    if not path.is_file():
-        raise ModelLoadError(f"{folder}: {name} is missing ({what})")
-    actual = sha256_file(path)
-    if expected != actual:
-        raise ModelLoadError(
-            f"{folder}: sha256 of {name} is {actual}, but config.json records {expected}: "
-            f"{what} were changed or corrupted"
-        )
-
-
-def read_config(folder: Path) -> dict:
-    cfg_path = folder / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise ModelLoadError(f"{folder}: not a skinmole model folder (no {CONFIG_FILE})")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{cfg_path}: not valid JSON ({exc})") from exc
-    missing = [k for k in REQUIRED_KEYS if k not in config]
-    if missing:
-        raise ModelLoadError(f"{cfg_path}: not a skinmole config (missing {', '.join(missing)})")
-    if config["format_version"] > FORMAT_VERSION:
-        raise ModelLoadError(f"{cfg_path}: format_version {config['format_version']} is newer than this skinmole reads")
-    return config
-
-
-def checked_config(folder, *, onnx: bool = True) -> dict:
-    """The folder's config.json, after checking the sha256 of the weights (and of the ONNX file,
-    unless ``onnx=False``: the exporter rebuilds it)."""
-    folder = Path(folder)
-    config = read_config(folder)
-    verify_sha256(folder, config.get("weights_file", KERAS_FILE), config["weights_sha256"])
-    if onnx and config.get("onnx_file"):
-        verify_sha256(folder, config["onnx_file"], config.get("onnx_sha256"), "the ONNX weights")
-    return config
-
-
-def load_model_folder(folder, engine: str = "auto") -> SkinmoleModel:
-    """Load a local model folder after checking every recorded sha256."""
-    folder = Path(folder)
-    model = SkinmoleModel(folder, checked_config(folder), engine)
-    model.quality_gate  # noqa: B018 - load and sha256-check the quality statistics now, not at first predict
-    return model
-
-
-def _looks_like_repo_id(source: str) -> bool:
-    parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~")) and "\\" not in source
-
-
-def resolve_folder(source=None, *, revision: str | None = None) -> Path:
-    """The local folder for ``source``: bundled default, a path, or a Hub repo id (downloaded)."""
+def _folder_for(source, revision: str | None) -> Path:
+    """The local folder for ``source``: the bundled default, a path (or a file inside a folder), or
+    a Hugging Face repo id (downloaded into the HF cache)."""
     if source is None:
         return BUNDLED_MODEL
-    path = Path(os.path.expanduser(str(source)))
+    if isinstance(source, ModelFolder):
+        return source.path
+    path = Path(os.path.expanduser(os.fspath(source))) if isinstance(source, (str, os.PathLike)) else None
+    if path is None:
+        raise ModelLoadError(f"{source!r}: not a model source (None, a folder, or a Hub repo id ORG/NAME)")
     if path.exists():
-        if path.is_file():
-            path = path.parent
-        return path
-    if isinstance(source, str) and _looks_like_repo_id(source):
-        from .hub import download_model
-
+        return path.parent if path.is_file() else path
+    if isinstance(source, str) and looks_like_repo_id(source):
         return download_model(source, revision=revision)
     raise ModelLoadError(f"{source}: no such model folder, and not a Hugging Face repo id (ORG/NAME)")
 
 
-_DEFAULT_CACHE: dict = {}
+_DEFAULT: dict = {}
+_DEFAULT_LOCK = threading.Lock()
 
 
-def load_model(source=None, *, revision: str | None = None, engine: str = "auto") -> SkinmoleModel:
-    """Load a skinmole model.
+def load_model(source=None, *, revision: str | None = None, engine: str = "auto", gate: bool = True) -> SkinmoleModel:
+    """Load a skinmole model: the one way a model is made.
 
-    ``source``: None for the bundled default model, a local model folder (or a file inside it), or a
-    Hugging Face Hub repo id ``ORG/NAME`` (``revision`` pins a branch, tag or commit). ``engine``:
-    ``"auto"`` (ONNX Runtime where installed, else Keras), ``"onnx"`` or ``"keras"``.
+    ``source``: None for the bundled default model (loaded once per process and then reused), a
+    local model folder (or a file inside it), a Hugging Face Hub repo id ``ORG/NAME`` (``revision``
+    pins a branch, tag or commit), or an already loaded ``SkinmoleModel`` (returned as is).
+    ``engine``: ``"auto"`` (ONNX Runtime for a folder with an ONNX file; a missing onnxruntime is an
+    error that says so), ``"onnx"``, or ``"keras"`` (TensorFlow; the explicit opt-in). ``gate=False``
+    leaves the quality gate out (as when it is being fitted).
     """
     if isinstance(source, SkinmoleModel):
         return source
-    return load_model_folder(resolve_folder(source, revision=revision), engine)
+    if source is None:
+        key = (engine, gate)
+        with _DEFAULT_LOCK:
+            if key not in _DEFAULT:
+                _DEFAULT[key] = _load(BUNDLED_MODEL, engine, gate)
+            return _DEFAULT[key]
+    return _load(_folder_for(source, revision), engine, gate)
 
 
-def default_model() -> SkinmoleModel:
-    """The bundled model, loaded once per process (``predict`` without ``model=``)."""
-    if "model" not in _DEFAULT_CACHE:
-        _DEFAULT_CACHE["model"] = load_model()
-    return _DEFAULT_CACHE["model"]
+def _load(path: Path, engine: str, gate: bool) -> SkinmoleModel:
+    from .engines import ENGINES, make_engine
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be 'auto', 'keras' or 'onnx', not {engine!r}")
+    folder = ModelFolder.open(path)
+    keras_model = None
+    if engine == "keras" or not folder.config.onnx_file:
+        keras_model = folder.keras_model()
+        _check_keras(folder, keras_model)
+    quality_gate = None
+    if gate and folder.config.quality:
+        from .quality import QualityGate
+
+        quality_gate = QualityGate.from_folder(folder)
+    return SkinmoleModel(folder, make_engine(folder, engine, keras_model), quality_gate, keras_model)
 
 
-def resolve_model(source=None, *, revision: str | None = None) -> SkinmoleModel:
-    """What ``model=`` arguments mean: None is the bundled model (loaded once per process), anything
-    else goes to ``load_model``."""
-    return default_model() if source is None else load_model(source, revision=revision)
+def _check_keras(folder: ModelFolder, keras_model) -> None:
+    c = folder.config
+    shape = tuple(keras_model.input_shape[1:])
+    if shape != (c.input_size, c.input_size, 3):
+        raise ModelLoadError(f"{folder.path}: input_size: the Keras model takes {shape}, the config says {c.input_size}")
+    if keras_model.output_shape[-1] != c.n_logits:
+        raise ModelLoadError(f"{folder.path}: class_names: the Keras model answers {keras_model.output_shape[-1]} "
+                             f"logits, the config's head needs {c.n_logits}")
+
+
+def read_config(folder) -> dict:
+    """A model folder's config as a plain dict, validated (files not hashed): for reading a key."""
+    return ModelFolder.open(folder, verify=False).config.to_dict()
 
 
 def save_model_folder(folder, keras_model, config: dict) -> Path:
-    """Write ``model.keras`` and ``config.json`` (with the weights' sha256) into ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    keras_model.save(folder / KERAS_FILE)
-    config = dict(config)
-    config.setdefault("format_version", FORMAT_VERSION)
-    config["weights_file"] = KERAS_FILE
-    config["weights_sha256"] = sha256_file(folder / KERAS_FILE)
-    write_config(folder, config)
-    return folder
+    """Write a new model folder (Keras' directory layout plus ``skinmole.json``); see ``ModelFolder.create``."""
+    return ModelFolder.create(folder, keras_model, config).path
 
-
-def write_config(folder, config: dict) -> None:
-    (Path(folder) / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")

@@ -407,16 +407,18 @@ def check_against_keras(keras_model, onnx_path, n: int = 4, seed: int = 0, atol:
 
 
 def export_model_folder(folder, keras_model=None, *, check: bool = True) -> Path:
-    """Write ``model.onnx`` beside ``model.keras`` and record it (``onnx_file``, ``onnx_sha256``) in config.json.
+    """Write ``model.onnx`` beside the Keras weights and record it (``onnx_file``, its sha256) in the
+    folder's config, through ``ModelFolder.update`` (the config's one writer).
 
-    ``keras_model``: the model in memory (training passes it); None loads the folder's own file.
-    The config is re-read from disk just before it is written, so other keys written meanwhile survive.
+    ``keras_model``: the model in memory (training passes it); None loads the folder's own checked
+    weights (not the ONNX file: that is what is being rebuilt).
     """
-    from .model import KERAS_FILE, SkinmoleModel, checked_config, read_config, sha256_file, write_config
+    from .model_folder import ModelFolder
 
-    folder = Path(folder)
-    if keras_model is None:  # the checked weights only: the ONNX file is what is being rebuilt
-        keras_model = SkinmoleModel(folder, checked_config(folder, onnx=False), engine="keras").keras_model
+    model_folder = ModelFolder.open(folder, verify=False)  # the weights are checked as they are read
+    folder = model_folder.path
+    if keras_model is None:
+        keras_model = model_folder.keras_model()
     proto = keras_to_onnx(keras_model)
     import onnx
 
@@ -430,9 +432,5 @@ def export_model_folder(folder, keras_model=None, *, check: bool = True) -> Path
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    config = read_config(folder)
-    config.setdefault("weights_file", KERAS_FILE)
-    config["onnx_file"] = ONNX_FILE
-    config["onnx_sha256"] = sha256_file(path)
-    write_config(folder, config)
+    model_folder.update(onnx_file=ONNX_FILE, written=[ONNX_FILE])
     return path

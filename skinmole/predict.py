@@ -15,10 +15,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .calibration import malignant_probability, probabilities
 from .engines import cpu_cores
 from .images import InvalidImageError, describe, load_model_input
-from .model import SkinmoleModel, resolve_model
+from .model import SkinmoleModel, load_model
 
 DEFAULT_BATCH = 64
 DEFAULT_WORKERS = max(1, cpu_cores() // 2)
@@ -66,23 +65,18 @@ def _predict_decoded(inputs: list[np.ndarray], sizes: list[tuple[int, int]], mod
     # runs (numpy and ONNX Runtime release the GIL; measured a few per cent faster than after it).
     stats = _SIDE_POOL.submit(gate.pixel_stats, batch) if gate is not None else None
     logits, features = model.engine.run(batch)
-    probs = probabilities(logits, model.temperature)
-    p_mal = malignant_probability(probs, model.class_names, model.malignant_classes)
+    answers = model.head.answer(logits)
     quality = gate.assess(sizes, batch, features, stats.result()) if gate is not None else None
-    info = {"name": model.config.get("name", ""), "version": model.version, "architecture": model.config["architecture"]}
+    info = {"name": model.name, "version": model.version, "architecture": model.architecture}
     out = []
     for i in range(len(inputs)):
         q = quality[i] if quality is not None else {"accepted": True, "issues": [], "checked": False}
         accepted = q["accepted"]
-        p = float(p_mal[i])
-        diagnosis = None
-        if probs.shape[-1] > 1:
-            diagnosis = {c: float(probs[i, j]) for j, c in enumerate(model.class_names)}
         out.append(Prediction(
-            malignant_probability=p if accepted else None,
-            label=("malignant" if p >= model.threshold else "benign") if accepted else None,
+            malignant_probability=float(answers.p_malignant[i]) if accepted else None,
+            label=answers.labels[i] if accepted else None,
             threshold=model.threshold,
-            diagnosis=diagnosis if accepted else None,
+            diagnosis=answers.differential(i) if accepted else None,
             quality=q,
             model=info,
         ))
@@ -98,7 +92,7 @@ def predict(images, model=None, *, check_quality: bool = True, batch_size: int =
     None uses the bundled default. ``check_quality=False`` turns the quality gate off. A list is
     decoded in background threads while the model runs (``workers``, as in ``iter_predict``).
     """
-    m = resolve_model(model)
+    m = load_model(model)
     if not _is_batch(images):
         model_input, size = load_model_input(images, m.input_size)
         return _predict_decoded([model_input], [size], m, check_quality)[0]
@@ -163,7 +157,7 @@ def iter_predict(sources: Iterable, model=None, *, check_quality: bool = True, b
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    m = resolve_model(model)
+    m = load_model(model)
     if workers is None:
         workers = DEFAULT_WORKERS
     for chunk, decoded in _decoded_chunks(sources, m.input_size, batch_size, workers):

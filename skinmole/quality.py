@@ -12,7 +12,8 @@ after the model on the same batch and refuses an image when
 
 Every threshold is fitted from the training (pixel checks) and validation (distance) images by
 ``fit_quality_gate`` and stored with the model: the numbers in ``config.json["quality"]``, the
-feature mean and precision matrix in ``quality.npz`` (sha256 checked at load). Serving needs only
+feature mean and precision matrix in ``quality.npz`` (sha256 checked, array shapes read from the
+headers and checked before anything is inflated). Serving needs only
 numpy; fitting imports scikit-learn and the data helpers lazily.
 """
 
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import ModelLoadError, sha256_file, verify_sha256
+from .config import GATE_VERSION, QualityConfig
+from .errors import ModelLoadError
 
 QUALITY_FILE = "quality.npz"
-GATE_VERSION = 1
+NPY_HEADER_SLACK = 1 << 16  # an .npy header is a few hundred bytes
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 BLACK_LEVEL = 24.0  # luma at or under this is the black border/background, not the lit skin
 
@@ -117,47 +119,78 @@ def mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -
     return np.sqrt(np.maximum(q, 0.0))
 
 
+def read_statistics(data: bytes, feature_dim: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``mean`` (d,) and ``precision`` (d, d) from the bytes of ``quality.npz``, d = ``feature_dim``.
+
+    Each array's shape and dtype are read from its .npy header, and the member's inflated size from
+    the zip directory, before anything is decompressed: a small file that would inflate to gigabytes
+    is refused, not loaded."""
+    import io
+    import zipfile
+
+    expected = {"mean.npy": (feature_dim,), "precision.npy": (feature_dim, feature_dim)}
+    out = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            members = {info.filename: info for info in zf.infolist()}
+            for name, shape in expected.items():
+                info = members.get(name)
+                if info is None:
+                    raise ModelLoadError(f"{where}: no {name[:-4]!r} array")
+                limit = int(np.prod(shape)) * 8 + NPY_HEADER_SLACK
+                if info.file_size > limit:
+                    raise ModelLoadError(f"{where}: {name} would inflate to {info.file_size} bytes "
+                                         f"(a ({', '.join(map(str, shape))}) array needs at most {limit})")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read_header is None:
+                        raise ModelLoadError(f"{where}: {name}: unsupported .npy version {version}")
+                    got, fortran, dtype = read_header(f, max_header_size=NPY_HEADER_SLACK)
+                    if tuple(got) != shape or dtype.kind != "f" or dtype.itemsize not in (4, 8) or dtype.hasobject:
+                        raise ModelLoadError(f"{where}: {name} holds {dtype} {tuple(got)}; quality: feature_dim "
+                                             f"{feature_dim} needs float {shape}")
+                    array = np.empty(shape, dtype=dtype)  # bounded: the shape was checked above
+                    buf = f.read(array.nbytes + 1)
+                    if len(buf) != array.nbytes:
+                        raise ModelLoadError(f"{where}: {name} is truncated or has trailing data")
+                    flat = np.frombuffer(buf, dtype=dtype)
+                    out[name[:-4]] = (flat.reshape(shape, order="F" if fortran else "C")).astype(np.float32)
+    except ModelLoadError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ModelLoadError(f"{where}: not a readable quality-statistics file ({exc})") from exc
+    mean, precision = out["mean"], out["precision"]
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(precision))):
+        raise ModelLoadError(f"{where}: the statistics hold NaN or infinite values")
+    return mean, precision
+
+
 class QualityGate:
     """Thresholds plus feature statistics; ``assess`` answers one dict per image."""
 
-    def __init__(self, config: dict, mean: np.ndarray, precision: np.ndarray):
+    def __init__(self, config: QualityConfig | dict, mean: np.ndarray, precision: np.ndarray):
+        if not isinstance(config, QualityConfig):
+            config = QualityConfig.from_dict(dict(config))
         self.config = config
         self.mean = np.asarray(mean, dtype=np.float32)
         self.precision = np.asarray(precision, dtype=np.float32)
-        self.min_side = int(config["min_side"])
-        self.brightness_min = float(config["brightness_min"])
-        self.brightness_max = float(config["brightness_max"])
-        self.contrast_min = float(config["contrast_min"])
-        self.sharpness_min = float(config["sharpness_min"])
-        self.colour_min = float(config.get("colour_min", 0.0))
-        self.ood_max = float(config["ood_max"])
-        self.stats_size = int(config.get("stats_size", 0))
+        self.min_side = config.min_side
+        self.brightness_min = config.brightness_min
+        self.brightness_max = config.brightness_max
+        self.contrast_min = config.contrast_min
+        self.sharpness_min = config.sharpness_min
+        self.colour_min = config.colour_min
+        self.ood_max = config.ood_max
+        self.stats_size = config.stats_size
 
     @classmethod
-    def from_folder(cls, folder, config: dict) -> "QualityGate":
-        """Load ``quality.npz`` from a model folder after checking its sha256 and shapes."""
-        folder = Path(folder)
-        try:
-            name = config.get("file", QUALITY_FILE)
-            expected = config["sha256"]
-            for key in ("min_side", "brightness_min", "brightness_max", "contrast_min", "sharpness_min", "ood_max"):
-                float(config[key])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ModelLoadError(f"{folder}: config.json 'quality' entry is incomplete ({exc!r})") from exc
-        if int(config.get("version", GATE_VERSION)) > GATE_VERSION:
-            raise ModelLoadError(f"{folder}: quality gate version {config['version']} is newer than this skinmole reads")
-        path = folder / name
-        verify_sha256(folder, name, expected, "the quality statistics")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                mean, precision = z["mean"], z["precision"]
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a load error
-            raise ModelLoadError(f"{folder}: {name} is not a readable quality-statistics file ({exc})") from exc
-        d = mean.shape[-1] if mean.ndim == 1 else -1
-        if mean.ndim != 1 or precision.shape != (d, d) or not (np.all(np.isfinite(mean)) and np.all(np.isfinite(precision))):
-            raise ModelLoadError(f"{folder}: {name} holds malformed statistics "
-                                 f"(mean {mean.shape}, precision {precision.shape})")
-        return cls(config, mean, precision)
+    def from_folder(cls, folder) -> "QualityGate":
+        """The gate of an opened ``ModelFolder`` (the statistics' sha256 checked on the bytes read)."""
+        q = folder.config.quality
+        data = folder.read_verified(q.file)
+        return cls(q, *read_statistics(data, q.feature_dim, f"{folder.path}: {q.file}"))
 
     def ood_scores(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features)
@@ -315,12 +348,10 @@ def fit_quality_gate(model_folder, train_set, val_set, cache_dir=".cache", *, ba
     from sklearn.covariance import LedoitWolf
 
     from .data import load_pixels
-    from .model import SkinmoleModel, checked_config, read_config, write_config
+    from .model import load_model
 
-    folder = Path(model_folder)
-    config = checked_config(folder)  # not load_model: the gate being fitted must not be loaded
-    base = {k: v for k, v in config.items() if k != "quality"}
-    model = SkinmoleModel(folder, base, engine="auto")
+    model = load_model(model_folder, gate=False)  # the gate being fitted is not loaded
+    folder = model.folder
     size = model.input_size
 
     if pixels is None:
@@ -346,11 +377,13 @@ def fit_quality_gate(model_folder, train_set, val_set, cache_dir=".cache", *, ba
     ood_max = float(np.quantile(d_val, OOD_QUANTILE) * OOD_MARGIN)
 
     path = folder / QUALITY_FILE
-    np.savez(path, mean=mean, precision=precision)
+    tmp = folder / f".{QUALITY_FILE}.tmp"
+    with open(tmp, "wb") as f:  # a new file, then renamed: a hard-linked old copy is never written into
+        np.savez(f, mean=mean, precision=precision)
+    tmp.replace(path)
     entry = {
         "version": GATE_VERSION,
         "file": QUALITY_FILE,
-        "sha256": sha256_file(path),
         **thresholds,
         "ood_max": ood_max,
         "stats_size": size,
@@ -380,8 +413,6 @@ def fit_quality_gate(model_folder, train_set, val_set, cache_dir=".cache", *, ba
     entry["val_accepted"] = round(float(np.mean([not f for f in failed])), 4)
     entry["val_ood_accepted"] = round(float(np.mean(d_val <= ood_max)), 4)
     entry["val_variations_ood_accepted"] = round(float(np.mean(d_val_var <= ood_max)), 4)
-    config = read_config(folder)
-    config["quality"] = entry
-    write_config(folder, config)
+    model.model_folder.update(quality=entry, written=[QUALITY_FILE])
     log(f"quality gate: {entry['val_accepted']:.2%} of validation images accepted; wrote {path}")
     return entry

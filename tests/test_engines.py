@@ -3,8 +3,7 @@ serving path that never imports TensorFlow. Outputs are compared between runs, n
 
 from __future__ import annotations
 
-import json
-import shutil
+import builtins
 import subprocess
 import sys
 
@@ -13,9 +12,10 @@ import pytest
 
 import skinmole
 from skinmole.images import load_image, to_model_input
-from skinmole.model import BUNDLED_MODEL, ModelLoadError, load_model, read_config, save_model_folder, sha256_file
+from skinmole.model import BUNDLED_MODEL, ModelLoadError, load_model, read_config
+from skinmole.model_folder import sha256_file
 
-from helpers import ROOT, load_script  # noqa: E402
+from helpers import ROOT, copy_model_folder, edit_config, load_script, tamper  # noqa: E402
 
 SAMPLES = sorted((ROOT / "skinmole" / "samples").glob("*.jpg"))
 ATOL = 1e-4
@@ -28,42 +28,14 @@ def _script(name):
     return load_script(f"scripts/{name}.py")
 
 
-def _randomise_batchnorm(model, seed=0):
-    """Untrained BN layers are identities; give them statistics so that folding them is tested."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if type(layer).__name__ == "BatchNormalization":
-            shape = layer.moving_mean.shape
-            layer.set_weights([rng.uniform(0.5, 1.5, shape).astype("f4"), rng.normal(0, 0.2, shape).astype("f4"),
-                               rng.normal(0, 0.2, shape).astype("f4"), rng.uniform(0.5, 2.0, shape).astype("f4")])
-
-
 @pytest.fixture(scope="session")
-def folders(tmp_path_factory):
-    """{architecture: model folder with model.onnx}: a tiny untrained simple-cnn, and a copy of the
-    bundled efficientnet-lite0 exported through scripts/export_onnx.py."""
-    from skinmole.architectures import build
-    from skinmole.onnx_export import export_model_folder
-
-    root = tmp_path_factory.mktemp("engines")
-    km = build("simple-cnn", 48, 7)
-    _randomise_batchnorm(km)
-    config = dict(read_config(BUNDLED_MODEL))
-    for key in ("onnx_file", "onnx_sha256", "quality", "weights_file", "weights_sha256"):
-        config.pop(key, None)
-    config.update(architecture="simple-cnn", input_size=48, name="tiny-simple-cnn")
-    simple = save_model_folder(root / "simple", km, config)
-    export_model_folder(simple, km)
-
-    lite0 = root / "lite0"
-    shutil.copytree(BUNDLED_MODEL, lite0)
-    cfg = read_config(lite0)
-    if cfg.get("onnx_file"):  # export afresh either way: the script is what is tested
-        (lite0 / cfg["onnx_file"]).unlink(missing_ok=True)
-        cfg.pop("onnx_file"), cfg.pop("onnx_sha256", None)
-        (lite0 / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+def folders(tiny_folder, tmp_path_factory):
+    """{architecture: model folder with model.onnx}: the tiny untrained simple-cnn of conftest, and a
+    copy of the bundled efficientnet-lite0 exported afresh through scripts/export_onnx.py."""
+    lite0 = copy_model_folder(BUNDLED_MODEL, tmp_path_factory.mktemp("engines") / "lite0")
+    (lite0 / "model.onnx").unlink()  # export afresh: the script is what is tested
     assert _script("export_onnx").main(["--model", str(lite0)]) == 0
-    return {"simple-cnn": simple, "efficientnet-lite0": lite0}
+    return {"simple-cnn": tiny_folder, "efficientnet-lite0": lite0}
 
 
 def _batch(size, n=6):
@@ -109,20 +81,17 @@ def test_export_records_the_file_and_is_deterministic(folders, tmp_path):
     folder = folders["simple-cnn"]
     cfg = read_config(folder)
     assert cfg["onnx_file"] == "model.onnx"
-    assert cfg["onnx_sha256"] == sha256_file(folder / "model.onnx")
-    assert cfg["weights_sha256"] == sha256_file(folder / "model.keras")
-    copy = tmp_path / "again"
-    shutil.copytree(folder, copy)
-    export_model_folder(copy)  # from the saved model.keras this time
-    assert read_config(copy)["onnx_sha256"] == cfg["onnx_sha256"]
+    assert cfg["sha256"]["model.onnx"] == sha256_file(folder / "model.onnx")
+    assert cfg["sha256"]["model.weights.h5"] == sha256_file(folder / "model.weights.h5")
+    copy = copy_model_folder(folder, tmp_path / "again")
+    export_model_folder(copy)  # from the saved Keras weights this time
+    assert read_config(copy)["sha256"]["model.onnx"] == cfg["sha256"]["model.onnx"]
+    assert read_config(copy) == cfg
 
 
 def test_tampered_onnx_file_is_refused(folders, tmp_path):
-    copy = tmp_path / "tampered"
-    shutil.copytree(folders["simple-cnn"], copy)
-    data = bytearray((copy / "model.onnx").read_bytes())
-    data[-10] ^= 0xFF
-    (copy / "model.onnx").write_bytes(bytes(data))
+    copy = copy_model_folder(folders["simple-cnn"], tmp_path / "tampered")
+    tamper(copy / "model.onnx")
     with pytest.raises(ModelLoadError, match="sha256 of model.onnx"):
         load_model(copy)
     (copy / "model.onnx").unlink()
@@ -130,20 +99,65 @@ def test_tampered_onnx_file_is_refused(folders, tmp_path):
         load_model(copy)
 
 
+def _without_onnx(folder):
+    def change(c):
+        c.pop("onnx_file"), c["sha256"].pop("model.onnx")
+    edit_config(folder, change)
+    (folder / "model.onnx").unlink()
+
+
 def test_auto_picks_onnx_when_present_and_keras_otherwise(folders, tmp_path):
     assert load_model(folders["simple-cnn"]).engine.name == "onnx"
     assert load_model(folders["simple-cnn"], engine="keras").engine.name == "keras"
-    plain = tmp_path / "plain"
-    shutil.copytree(folders["simple-cnn"], plain)
-    cfg = read_config(plain)
-    cfg.pop("onnx_file"), cfg.pop("onnx_sha256")
-    (plain / "config.json").write_text(json.dumps(cfg))
-    (plain / "model.onnx").unlink()
+    plain = copy_model_folder(folders["simple-cnn"], tmp_path / "plain")
+    _without_onnx(plain)
     assert load_model(plain).engine.name == "keras"
     with pytest.raises(ModelLoadError, match="no ONNX file"):
-        load_model(plain, engine="onnx").engine  # noqa: B018
+        load_model(plain, engine="onnx")
     with pytest.raises(ValueError, match="engine must be"):
-        load_model(plain, engine="tflite").engine  # noqa: B018
+        load_model(plain, engine="tflite")
+
+
+def _block_onnxruntime(monkeypatch, error):
+    """Make ``import onnxruntime`` raise ``error()`` (as if it were missing, broken or interrupted)."""
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "onnxruntime" or name.startswith("onnxruntime."):
+            raise error()
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+def test_a_missing_onnxruntime_is_said_not_replaced_by_keras(folders, monkeypatch):
+    _block_onnxruntime(monkeypatch, lambda: ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime"))
+    for engine in ("auto", "onnx"):
+        with pytest.raises(ModelLoadError, match="pip install onnxruntime"):
+            load_model(folders["simple-cnn"], engine=engine)
+    assert load_model(folders["simple-cnn"], engine="keras").engine.name == "keras"  # the explicit opt-in
+
+
+def test_a_broken_onnxruntime_is_an_error_not_a_fallback(folders, monkeypatch):
+    _block_onnxruntime(monkeypatch, lambda: ImportError("DLL load failed"))
+    with pytest.raises(ModelLoadError, match="cannot be imported"):
+        load_model(folders["simple-cnn"])
+
+
+def _interrupt_wrapped_in_import_error():
+    """What an extension module's init can raise when Ctrl-C lands inside it."""
+    error = ImportError("initialization of _pybind_state raised unreported exception")
+    error.__cause__ = KeyboardInterrupt()
+    return error
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, _interrupt_wrapped_in_import_error],
+                         ids=["interrupt", "interrupt wrapped in ImportError"])
+def test_ctrl_c_while_onnxruntime_imports_stays_an_interrupt(folders, monkeypatch, error):
+    _block_onnxruntime(monkeypatch, error)
+    with pytest.raises(KeyboardInterrupt):
+        load_model(folders["simple-cnn"])
 
 
 def test_unsupported_layer_is_a_clear_error():

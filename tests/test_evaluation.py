@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from skinmole import evaluation as ev
-from helpers import ROOT as REPO, ham10000_or_skip, load_script
+from helpers import ROOT as REPO, config_path, copy_model_folder, ham10000_or_skip, load_script
 
 SCRIPT = REPO / "scripts" / "evaluate.py"
 PLOTS = {"roc.png", "pr.png", "confusion_binary.png", "confusion_7class.png", "reliability.png"}
@@ -269,8 +268,7 @@ def script_run(ham_subset, tmp_path_factory):
     from skinmole.model import BUNDLED_MODEL
 
     base = tmp_path_factory.mktemp("evalrun")
-    model_dir = base / "model"
-    shutil.copytree(BUNDLED_MODEL, model_dir)
+    model_dir = copy_model_folder(BUNDLED_MODEL, base / "model")
     out = base / "out"
     cmd = [sys.executable, str(SCRIPT), "--data", str(ham_subset), "--split", "test", "--model", str(model_dir),
            "--output", str(out), "--update-config", "--bootstrap", "200"]
@@ -312,7 +310,7 @@ def test_script_update_config(script_run):
     from skinmole.model import load_model
 
     _, out, model_dir = script_run
-    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg = json.loads(config_path(model_dir).read_text())
     m = json.loads((out / "metrics.json").read_text())
     entry = cfg["metrics"]["test"]
     assert "test" in entry["split"] and entry["n"] == 40
@@ -322,7 +320,7 @@ def test_script_update_config(script_run):
         assert k in entry
     assert "val" in cfg["metrics"]  # the training-time entry is kept
     assert {p.name for p in (model_dir / "plots").glob("*.png")} == {p.name for p in out.glob("*.png")}
-    load_model(model_dir)  # rewriting config.json leaves the weights' sha256 valid
+    load_model(model_dir)  # rewriting the config leaves the weights' sha256 valid
 
 
 def test_script_clear_errors(tmp_path, capsys, ham_subset):

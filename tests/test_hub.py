@@ -22,11 +22,12 @@ from huggingface_hub.errors import (
 )
 
 from hfcache import populate_cache  # noqa: E402
-from helpers import ROOT, load_script  # noqa: E402
+from helpers import ROOT, config_path, copy_model_folder, load_script, write_config  # noqa: E402
 
 import skinmole  # noqa: E402
 from skinmole import hub, hub_metadata, wording  # noqa: E402
-from skinmole.model import BUNDLED_MODEL, ModelLoadError, load_model, read_config, write_config  # noqa: E402
+from skinmole.model import BUNDLED_MODEL, ModelLoadError, load_model, read_config  # noqa: E402
+from skinmole.model_folder import ModelFolder  # noqa: E402
 
 TEST_METRICS = {
     "split": "labels.csv[test] (n=1520)", "n": 1520, "roc_auc": 0.9123, "roc_auc_ci": [0.89, 0.93],
@@ -40,12 +41,10 @@ publish = load_script("scripts/publish.py")
 
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory) -> Path:
-    """A copy of the bundled model whose config.json also carries test metrics (as evaluate.py writes)."""
-    folder = tmp_path_factory.mktemp("model") / "small"
-    shutil.copytree(BUNDLED_MODEL, folder)
-    config = read_config(folder)
-    config["metrics"] = {**config.get("metrics", {}), "test": dict(TEST_METRICS)}
-    write_config(folder, config)
+    """A copy of the bundled model whose config also carries test metrics (as evaluate.py writes)."""
+    folder = copy_model_folder(BUNDLED_MODEL, tmp_path_factory.mktemp("model") / "small")
+    model_folder = ModelFolder.open(folder)
+    model_folder.update(metrics={**model_folder.config.metrics, "test": dict(TEST_METRICS)})
     return folder
 
 
@@ -99,11 +98,13 @@ def test_dry_run_writes_the_repo_folder_and_a_card_with_the_real_metrics(small_m
     assert rc == 0
     expected = {p.relative_to(small_model).as_posix() for p in hub.repo_files(small_model)} | {"README.md"}
     assert {n for n, _ in hub.describe_folder(out)} == expected
-    assert {"README.md", "config.json", "model.keras"} <= expected
-    assert (out / "config.json").read_bytes() == (small_model / "config.json").read_bytes()
-    assert (out / "model.keras").read_bytes() == (small_model / "model.keras").read_bytes()
+    spec, config_name = ModelFolder.open(small_model).config, config_path(small_model).name
+    assert {"README.md", config_name, *spec.files} <= expected
+    for name in (config_name, *spec.files):
+        assert (out / name).read_bytes() == (small_model / name).read_bytes(), name
     printed = capsys.readouterr().out
-    assert "model.keras" in printed and f"{(out / 'model.keras').stat().st_size:,d}" in printed
+    weights = spec.weights_files[-1]
+    assert weights in printed and f"{(out / weights).stat().st_size:,d}" in printed
 
     card = ModelCard.load(out / "README.md")
     data = card.data
@@ -121,7 +122,7 @@ def test_dry_run_writes_the_repo_folder_and_a_card_with_the_real_metrics(small_m
     assert "Not a diagnostic device" in card.text
     assert "skinmole.load_model('org/name')" in card.text
     assert "CC BY-NC 4.0" in card.text and "Tschandl" in card.text
-    assert skinmole.load_model(out).weights_sha256 == read_config(small_model)["weights_sha256"]
+    assert skinmole.load_model(out).weights_sha256 == load_model(small_model).weights_sha256
 
 
 def test_card_names_the_validation_split_when_there_are_no_test_metrics(tmp_path):
@@ -406,7 +407,7 @@ def test_bad_repo_id_is_refused_by_the_parser(capsys):
 def test_the_dry_run_card_json_is_consistent_with_config(small_model, tmp_path):
     """config.json in the repo folder is the model's own (sha256 and metrics unchanged)."""
     out = hub.assemble_repo_folder(small_model, tmp_path / "r", "org/name")
-    assert json.loads((out / "config.json").read_text())["metrics"]["test"] == TEST_METRICS
+    assert json.loads(config_path(out).read_text())["metrics"]["test"] == TEST_METRICS
 
 
 def test_model_card_md_links_are_made_to_work_in_the_repo(small_model, tmp_path):

@@ -24,8 +24,8 @@ NO_GATE = {"check_quality": False}
 
 
 @pytest.fixture(scope="module")
-def model():
-    return skinmole.model.default_model()
+def model(bundled):
+    return bundled
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_quality_check_can_be_turned_off(batch):
 def test_default_model_is_the_bundled_one(batch, model):
     assert predict(sample_paths()[0], **NO_GATE).malignant_probability == pytest.approx(
         batch[0].malignant_probability, abs=BATCH_TOL)
-    assert skinmole.model.default_model().folder == skinmole.model.BUNDLED_MODEL
+    assert skinmole.load_model() is model and model.folder == skinmole.model.BUNDLED_MODEL
 
 
 def test_a_bad_image_in_a_list_raises_naming_it(model, tmp_path):
