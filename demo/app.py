@@ -1,44 +1,58 @@
 """skinmole demo: upload a dermoscopic image of a mole, see how much it resembles malignant lesions,
-how sure the model is, and which part of the image drove the answer.
+how sure the model is, and which part of the image (if any) drove the answer.
 
-Run ``python demo/app.py`` (or ``python app.py`` inside a Space folder next to an installed skinmole).
-Environment:
+Run ``python demo/app.py [--model SOURCE]`` (or ``python app.py`` inside a Space folder next to an
+installed skinmole). Environment:
   SKINMOLE_MODEL         any ``skinmole.load_model`` source (a model folder or a Hub repo id ORG/NAME);
-                         unset = the model bundled with the package.
+                         unset = the model bundled with the package. ``--model`` wins over it.
   GRADIO_SERVER_NAME     interface to listen on (default 127.0.0.1; a Space sets 0.0.0.0).
   GRADIO_SERVER_PORT     port (default 7860, or the next free one).
   SKINMOLE_MAX_UPLOAD_MB largest accepted upload in MB (default 15).
+  TMPDIR                 where the demo's private upload folder is made (the system default otherwise).
 
 Uploads are health data, so the app keeps nothing:
-  - no flagging (a ``gr.Blocks`` app has no flag button) and no run history (``run_history=False``);
-  - the image input is handed to the handler unprocessed (``preprocess=False``), so Gradio never writes
-    a converted copy; the handler decodes the upload with ``skinmole.load_image`` and deletes the
-    uploaded file (and its folder) in a ``finally`` block, whatever the outcome. The bundled example
-    images are public and are never deleted;
-  - the Grad-CAM overlay is sent inline as a data: URL (``gr.HTML``), never written to disk;
-  - ``delete_cache`` sweeps uploads that were never analysed (older than 5 minutes, every minute) and
-    Gradio removes its whole cache when the server stops.
+  - no flagging (a ``gr.Blocks`` app has no flag button), no run history, analytics off;
+  - Gradio writes uploads only into the demo's own folder, ``<tmp>/skinmole-demo-<uid>/<pid>``
+    (mode 0700; ``GRADIO_TEMP_DIR`` is set to it), so the demo can remove it whole without touching
+    anyone else's files. At start-up the folders of earlier runs that are no longer running are
+    removed (a crash or ``kill -9`` leaves one behind); on SIGTERM/SIGHUP (``docker stop``, a Space
+    restart) and Ctrl-C the folder is removed before the process exits;
+  - the image input is handed to the handler unprocessed (``preprocess=False``), so Gradio never
+    writes a converted copy; the handler decodes the upload with ``skinmole.load_image`` and deletes
+    the uploaded file in a ``finally`` block, whatever the outcome. The bundled example images are
+    public and are never deleted;
+  - ``delete_cache`` sweeps uploads that were never analysed (older than 5 minutes, every minute);
+  - the Grad-CAM overlay is sent inline as a data: URL (``gr.HTML``), never written to disk.
+Memory per request is bounded by the decoded upload: the picture shown is shrunk to DISPLAY_SIDE
+first and the Grad-CAM map is computed at that size, never at the upload's full resolution.
 Only the library's public API is used: the demo does no image preprocessing of its own.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import functools
 import html
 import io
 import logging
 import os
+import shutil
+import signal
+import sys
+import tempfile
 from pathlib import Path
 
-import gradio as gr
 import numpy as np
 from PIL import Image
 
-import skinmole
-from skinmole import InvalidImageError
-from skinmole.model import sha256_file
-from skinmole.sample_images import SAMPLES, sample_paths
+import skinmole  # first: it turns telemetry off (Gradio's analytics included) before gradio loads
+import gradio as gr  # noqa: E402
+from skinmole import InvalidImageError  # noqa: E402
+from skinmole.explain import MIN_LOG_ODDS_SHARE  # noqa: E402
+from skinmole.model import sha256_file  # noqa: E402
+from skinmole.sample_images import SAMPLES, sample_paths  # noqa: E402
+from skinmole.wording import NOT_A_DIAGNOSIS, operating_point  # noqa: E402
 
 log = logging.getLogger("skinmole.demo")
 
@@ -46,84 +60,105 @@ MAX_UPLOAD_MB = float(os.environ.get("SKINMOLE_MAX_UPLOAD_MB", "15"))
 CONCURRENCY = 2      # requests computed at once (2 CPU cores are the usual host); the rest wait in the queue
 QUEUE_SIZE = 64      # visitors that may wait; beyond this Gradio answers "queue full"
 SWEEP = (60, 300)    # delete_cache: every 60 s, remove uploads older than 300 s
-DISPLAY_SIDE = 640   # the overlay sent to the browser is at most this many pixels wide/high
-
-NOTICE = (
-    "**Not a diagnostic device.** skinmole says how much a dermoscopic image resembles the malignant "
-    "lesions it was trained on (the HAM10000 data set); it can be wrong in both directions. "
-    "**Any mole that is new, changing, bleeding, itching or worrying you needs a dermatologist, "
-    "whatever this model says.** A 'benign' answer is no reason to skip a check-up."
-)
+DISPLAY_SIDE = 640   # the picture sent back is at most this many pixels wide/high; Grad-CAM is drawn at it
 
 CSS = """
 .notice {border-left: 6px solid #b91c1c; background: #fef2f2; padding: 0.6em 1em; border-radius: 6px;}
 .notice, .notice * {color: #450a0a !important;}
 #verdict h3 {margin-top: 0;}
 #heatmap img {width: 100%; max-width: 480px; height: auto; border-radius: 6px;}
-#heatmap figcaption {font-size: 0.9em; opacity: 0.8;}
+#heatmap figcaption, #heatmap p {font-size: 0.9em; opacity: 0.85;}
 """
 
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="slate")
 
-
-# ---------------------------------------------------------------------------------------------
-# The model
-
-
-def load_demo_model(source=None):
-    """Load the model once and run one warm-up prediction and explanation, so that the lazy parts
-    (engine, Grad-CAM sub-model) are built before visitors arrive and never concurrently."""
-    # None: the bundled model, through the library's per-process cache (shared with predict()).
-    model = skinmole.load_model(source)  # None: the bundled model, loaded once per process
-    warm = sample_paths()[0]
-    skinmole.predict(warm, model)
-    skinmole.explain(warm, model)
-    return model
+HEATMAP_CAPTION = (
+    "Grad-CAM: the yellow areas pushed the score towards malignant most, green ones less, dark blue "
+    "ones not at all. A coarse hint about where the model looked (a 4x4 grid at 128 px), not a "
+    "segmentation.")
+NO_REGION = (
+    "<strong>Grad-CAM: no region stands out.</strong> No part of the image moved the odds of malignant "
+    "by more than {pct:.0%} on its own, so no heatmap is drawn: the answer does not rest on one spot "
+    "the model could point to.")
 
 
 # ---------------------------------------------------------------------------------------------
-# Plain-language numbers
+# A private upload folder, removed at every kind of stop
 
 
-def plain_rate(rate: float) -> str:
-    """0.9 -> 'about 9 of every 10', 0.25 -> 'about 1 in 4'."""
-    if rate <= 0:
-        return "none"
-    if rate >= 1:
-        return "all"
-    if rate < 0.5:
-        n = round(1 / rate)
-        if abs(1 / n - rate) <= 0.03:
-            return f"about 1 in {n}"
-    for d in (10, 20, 100):
-        k = round(rate * d)
-        if 0 < k < d and abs(k / d - rate) <= 0.025:
-            return f"about {k} of every {d}"
-    return f"about {max(1, min(99, round(rate * 100)))} of every 100"
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
-def threshold_text(config: dict) -> str:
-    """The operating threshold in plain words, from the model's own measured metrics
-    (the test split when the config has it, else validation)."""
-    threshold = float(config["threshold"])
-    metrics = config.get("metrics") or {}
-    head = (f"**Operating threshold: {threshold:.0%}.** An image whose malignant probability is at "
-            "or above it is labelled *malignant*.")
-    for split, split_name, caveat in (
-            ("test", "test", "The test images were never used for training or tuning."),
-            ("val", "validation", "These validation images were used to choose the threshold, so "
-                                  "expect somewhat worse on new images.")):
-        m = metrics.get(split) or {}
-        sens, spec = m.get("sensitivity"), m.get("specificity")
-        if sens is None or spec is None:
-            continue
-        sens, spec = float(sens), float(spec)
-        n = f"; {m['n']} images" if m.get("n") else ""
-        return (f"{head} At this threshold the model finds {plain_rate(sens)} malignant lesions in "
-                f"its {split_name} set (sensitivity {sens:.0%}) and flags {plain_rate(1 - spec)} benign "
-                f"ones as malignant (specificity {spec:.0%}{n}). {caveat} Lowering the threshold would "
-                "miss fewer malignant lesions and flag more benign ones.")
-    return f"{head} This model's config records no measured sensitivity or specificity."
+def _private_root() -> Path:
+    """``<tmp>/skinmole-demo-<uid>``, ours alone (mode 0700); refused if someone else made it."""
+    root = Path(tempfile.gettempdir()) / f"skinmole-demo-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    info = root.lstat()
+    if root.is_symlink() or info.st_uid != os.getuid():
+        raise SystemExit(f"skinmole demo: {root} is not this user's own folder; remove it or set TMPDIR")
+    root.chmod(0o700)
+    return root
+
+
+@functools.cache
+def private_upload_folder() -> Path:
+    """This process's upload folder (made once per process), after removing what earlier runs left:
+    the folders of processes no longer running, and a stale folder under our own pid (a container
+    restarts with the same pid). Sets ``GRADIO_TEMP_DIR`` so that Gradio writes only there."""
+    root = _private_root()
+    for child in root.iterdir():
+        if child.name.isdigit() and (int(child.name) == os.getpid() or not _pid_running(int(child.name))):
+            shutil.rmtree(child, ignore_errors=True)
+    folder = root / str(os.getpid())
+    folder.mkdir(mode=0o700)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    return folder
+
+
+def remove_upload_folder() -> None:
+    """Remove this process's upload folder and everything in it (uploads never analysed included)."""
+    if private_upload_folder.cache_info().currsize:
+        shutil.rmtree(private_upload_folder(), ignore_errors=True)
+
+
+def _stop(signum, frame):  # noqa: ARG001 - signal handler signature
+    remove_upload_folder()  # first, whatever happens next
+    raise SystemExit(128 + signum)
+
+
+def remove_uploads_on_stop() -> None:
+    """SIGTERM and SIGHUP remove the upload folder and exit; Ctrl-C and a normal exit reach the
+    ``finally`` in ``main``."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page's words
+
+
+def _percent(p: float) -> str:
+    return f"{p:.0%}"
+
+
+def sum_text(pred, model) -> str:
+    """Why the verdict and the differential's top bar can disagree: P(malignant) is a sum."""
+    if not pred.diagnosis:
+        return ""
+    names = model.config.get("class_descriptions") or {}
+    parts = sorted(((pred.diagnosis[c], names.get(c, c)) for c in model.malignant_classes),
+                   reverse=True)
+    terms = " + ".join(f"{name} {_percent(p)}" for p, name in parts)
+    return (f"The malignant probability is the sum of the malignant diagnoses in the differential: "
+            f"{terms} = {_percent(pred.malignant_probability)} (each rounded). The label follows this "
+            "sum, not the differential's top bar.")
 
 
 def _issue_text(issue) -> str:
@@ -132,7 +167,7 @@ def _issue_text(issue) -> str:
     return str(issue)
 
 
-def verdict_text(pred) -> str:
+def verdict_text(pred, model=None) -> str:
     quality = pred.quality or {}
     issues = [_issue_text(i) for i in quality.get("issues") or []]
     if pred.malignant_probability is None or not quality.get("accepted", True):
@@ -144,9 +179,11 @@ def verdict_text(pred) -> str:
     p = pred.malignant_probability
     word = "malignant" if pred.label == "malignant" else "benign"
     out = (f"### Resembles **{word}** lesions\n"
-           f"Malignant probability **{p:.0%}** (labelled malignant from {pred.threshold:.0%}). "
+           f"Malignant probability **{_percent(p)}** (labelled malignant from {_percent(pred.threshold)}). "
            "This is how much the image resembles the malignant lesions of the training data, "
            "not a diagnosis.")
+    if model is not None and pred.diagnosis:
+        out += "\n\n" + sum_text(pred, model)
     if issues:
         out += "\n\n**Quality warnings:**\n" + "\n".join(f"- {i}" for i in issues)
     return out
@@ -157,6 +194,19 @@ def differential(pred, model) -> dict | None:
         return None
     names = model.config.get("class_descriptions") or {}
     return {f"{names.get(c, c)} ({c})": float(p) for c, p in pred.diagnosis.items()}
+
+
+def examples_label() -> str:
+    order = ", ".join(f"{i}. {s.dx} ({s.label})" for i, s in enumerate(SAMPLES, 1))
+    return (f"Examples, left to right: {order}. HAM10000 test-split images, diagnosis confirmed by "
+            "histopathology")
+
+
+def _model_line(model) -> str:
+    c = model.config
+    bits = [f"{c.get('name') or 'model'} {c.get('version', '')}".strip(), c["architecture"],
+            f"{model.input_size} px"]
+    return "Model: " + ", ".join(bits) + (f". Licence: {c['licence']}" if c.get("licence") else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,9 +229,7 @@ def _samples_by_name() -> dict[str, str | None]:
 
 
 def _upload_folder() -> Path:
-    # Where Gradio writes uploads (the same rule Gradio uses).
-    import tempfile
-
+    # Where Gradio writes uploads (the same rule Gradio uses); the demo's private folder once set.
     return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
 
 
@@ -217,16 +265,25 @@ def _payload_path(upload) -> tuple[str | None, str]:
 # The request
 
 
-def _heatmap_html(rgb: np.ndarray, model) -> str:
-    heat = skinmole.explain(rgb, model)
-    over = Image.fromarray(skinmole.overlay(rgb, heat))
-    over.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
+def display_image(rgb: np.ndarray) -> np.ndarray:
+    """The picture as shown: at most DISPLAY_SIDE pixels a side (the upload's own size if smaller)."""
+    im = Image.fromarray(rgb)
+    im.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.BILINEAR)
+    return np.asarray(im)
+
+
+def heatmap_html(rgb: np.ndarray, model) -> str:
+    """The Grad-CAM overlay as an inline image, or a sentence when no region stands out. The map is
+    computed and drawn at the display size only (a huge upload never gets a full-size map)."""
+    shown = display_image(rgb)
+    heat = skinmole.explain(rgb, model, size=(shown.shape[1], shown.shape[0]))
+    if not heat.stands_out:
+        return f'<p id="no-region">{NO_REGION.format(pct=float(np.expm1(MIN_LOG_ODDS_SHARE)))}</p>'
     buf = io.BytesIO()
-    over.save(buf, format="JPEG", quality=88)
+    Image.fromarray(skinmole.overlay(shown, heat)).save(buf, format="JPEG", quality=88)
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return (f'<figure><img alt="Grad-CAM heatmap overlay" src="data:image/jpeg;base64,{data}"/>'
-            "<figcaption>Grad-CAM: red areas pushed the score towards malignant, blue ones did not. "
-            "A coarse hint about where the model looked, not a segmentation.</figcaption></figure>")
+            f"<figcaption>{HEATMAP_CAPTION}</figcaption></figure>")
 
 
 def _user_error(message: str, title: str) -> gr.Error:
@@ -236,7 +293,7 @@ def _user_error(message: str, title: str) -> gr.Error:
 
 
 def analyse(upload, model):
-    """One request: decode, predict, explain. Returns (verdict, differential, heatmap, JSON)."""
+    """One request: decode, predict, explain. Returns (verdict, differential, heatmap, to_dict())."""
     path, name = _payload_path(upload)
     if path is None:
         raise _user_error("Upload, photograph or paste an image of the mole first (or pick an example).",
@@ -260,63 +317,71 @@ def analyse(upload, model):
     try:
         pred = skinmole.predict(rgb, model)
         accepted = pred.malignant_probability is not None
-        heat = _heatmap_html(rgb, model) if accepted else ""
+        heat = heatmap_html(rgb, model) if accepted else ""
     except Exception:  # never a stack trace in the browser; the log keeps it (not the image)
         log.exception("prediction failed")
         raise _user_error("Something went wrong while analysing this image. Please try another one.",
                           title="Analysis failed") from None
-    return verdict_text(pred), differential(pred, model), heat, pred.to_dict()
+    return verdict_text(pred, model), differential(pred, model), heat, pred.to_dict()
+
+
+def differential_shown(result) -> gr.Label:
+    """Show the differential only beside an answer that has one: a refused image (or a one-logit
+    binary head) leaves no empty or stale chart on screen. A follow-up event, so that the API's
+    outputs stay plain values."""
+    return gr.Label(visible=bool(isinstance(result, dict) and result.get("diagnosis")))
 
 
 # ---------------------------------------------------------------------------------------------
 # The page
 
 
-def _model_line(model) -> str:
-    c = model.config
-    bits = [f"{c.get('name') or 'model'} {c.get('version', '')}".strip(), c["architecture"],
-            f"{model.input_size} px"]
-    return "Model: " + ", ".join(bits) + (f". Licence: {c['licence']}" if c.get("licence") else "")
+def warm_up(model):
+    """One prediction and explanation, so that the lazy parts (engine, Grad-CAM sub-model) are built
+    before visitors arrive and never concurrently."""
+    warm = sample_paths()[0]
+    skinmole.predict(warm, model)
+    skinmole.explain(warm, model, size=(8, 8))
 
 
 def build_app(model) -> gr.Blocks:
-    """The demo's Blocks for an already loaded model (launch it with ``launch(app)``)."""
-    # A 7-class head answers a differential; a one-logit binary head does not.
-    has_differential = skinmole.predict(sample_paths()[0], model, check_quality=False).diagnosis is not None
+    """The demo's Blocks for a loaded model (launch it with ``launch(app)``). Points Gradio at the
+    private upload folder first: components copy the examples into it as they are made."""
+    private_upload_folder()
+    warm_up(model)
     with gr.Blocks(title="skinmole", analytics_enabled=False, delete_cache=SWEEP) as app:
         gr.Markdown("# skinmole\nHow much does a dermoscopic image of a mole resemble malignant lesions?")
-        gr.Markdown(NOTICE, elem_classes=["notice"], elem_id="notice")
+        gr.Markdown(NOT_A_DIAGNOSIS + " A *benign* answer is no reason to skip a check-up.",
+                    elem_classes=["notice"], elem_id="notice")
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(label="Mole image (upload, webcam or paste)",
                                  sources=["upload", "webcam", "clipboard"], type="filepath",
-                                 elem_id="image-input", height=360)
+                                 elem_id="image-input", height=300)
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
-                gr.Examples(
-                    examples=[[str(p)] for p in sample_paths()],
-                    example_labels=[f"{s.dx} ({s.label}, {s.file[:-4]})" for s in SAMPLES],
-                    inputs=[image], label="Examples: HAM10000 test-split images, diagnosis confirmed "
-                                          "by histopathology",
-                )
-                gr.Markdown(
-                    "Example images: HAM10000 (Tschandl, Rosendahl & Kittler, *Sci. Data* 5, 180161, "
-                    "2018, https://doi.org/10.1038/sdata.2018.161), via the ISIC Archive, licensed "
-                    "CC BY-NC 4.0.", elem_id="attribution")
             with gr.Column(scale=1):
-                verdict = gr.Markdown("Choose an image and press **Analyse**.", label="verdict",
-                                      elem_id="verdict")
+                verdict = gr.Markdown("Choose an image (or an example below) and press **Analyse**.",
+                                      label="verdict", elem_id="verdict")
+                # Shown with the first answer; a one-logit binary head never has one.
                 diff = gr.Label(label="Differential: probability of each diagnosis", num_top_classes=7,
-                                show_heading=False,
-                                visible=has_differential, elem_id="differential")
+                                show_heading=False, visible=False, elem_id="differential")
                 heatmap = gr.HTML(label="heatmap", elem_id="heatmap")
-                gr.Markdown(threshold_text(model.config), elem_id="threshold")
+                gr.Markdown(operating_point(model.config), elem_id="threshold")
                 with gr.Accordion("Raw result (JSON)", open=False):
                     raw = gr.JSON(label="prediction", elem_id="raw")
+        # Below the results: on a phone the columns stack, and the verdict must come first.
+        gr.Examples(examples=[[str(p)] for p in sample_paths()], inputs=[image], label=examples_label(),
+                    examples_per_page=len(SAMPLES), elem_id="examples")
+        gr.Markdown(
+            "Example images: HAM10000 (Tschandl, Rosendahl & Kittler, *Sci. Data* 5, 180161, "
+            "2018, https://doi.org/10.1038/sdata.2018.161), via the ISIC Archive, licensed "
+            "CC BY-NC 4.0.", elem_id="attribution")
         gr.Markdown(_model_line(model) + ". Uploaded images are deleted right after analysis and "
                     "are never stored or logged.", elem_id="model-line")
         button.click(lambda upload: analyse(upload, model), inputs=[image],
                      outputs=[verdict, diff, heatmap, raw], api_name="predict", preprocess=False,
-                     concurrency_limit=CONCURRENCY)
+                     concurrency_limit=CONCURRENCY,
+                     ).then(differential_shown, inputs=[raw], outputs=[diff], api_visibility="private")
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return app
 
@@ -343,16 +408,30 @@ def model_source() -> str | None:
     return os.environ.get("SKINMOLE_MODEL", "").strip() or None
 
 
-def main() -> None:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="The skinmole web demo.")
+    parser.add_argument("--model", default=model_source(),
+                        help="model folder or Hub repo id ORG/NAME (default: SKINMOLE_MODEL, else bundled)")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    source = model_source()
+    source = args.model
     try:
-        model = load_demo_model(source)
-    except skinmole.ModelLoadError as exc:
-        raise SystemExit(f"skinmole demo: cannot load the model ({exc})") from None
+        model = skinmole.load_model(source)
+        warm_up(model)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "this model cannot be served"
+        log.debug("model load failed", exc_info=True)
+        what = "" if isinstance(exc, skinmole.ModelLoadError) else f"{type(exc).__name__}: "
+        print(f"skinmole demo: cannot load the model {source or '(bundled)'}: {what}{exc}",
+              file=sys.stderr, flush=True)
+        return 2
     print(f"skinmole demo: {model!r} from {source or 'the bundled model'}", flush=True)
-    launch(build_app(model))
+    remove_uploads_on_stop()
+    try:
+        launch(build_app(model))
+    finally:
+        remove_upload_folder()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
