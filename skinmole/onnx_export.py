@@ -406,6 +406,39 @@ def check_against_keras(keras_model, onnx_path, n: int = 4, seed: int = 0, atol:
     return diff
 
 
+# The config values an ONNX file carries in its metadata_props, so that the file alone says what it is.
+METADATA_KEYS = ("name", "version", "architecture", "input_size", "class_names", "malignant_classes",
+                 "threshold", "temperature")
+
+
+def describe_in_metadata(proto, config: dict) -> None:
+    """Write the model's labels, input size, threshold and temperature into ``proto.metadata_props``
+    (lists as JSON), so a reader with ONNX Runtime alone knows what the outputs mean. skinmole itself
+    reads them from its config, whose sha256 pins this file: these are for everyone else."""
+    import json
+
+    from . import __version__
+
+    values = {key: config[key] for key in METADATA_KEYS if config.get(key) is not None}
+    values["input"] = ("pixels: uint8 RGB, (N, input_size, input_size, 3), values 0..255, resized with "
+                       "PIL bilinear (antialiased); rescaling is inside the graph")
+    if list(config.get("class_names", [])) == ["benign", "malignant"]:  # a one-logit head
+        head = "logits: one (malignant); p(malignant) = sigmoid(logit / temperature)"
+    else:
+        head = ("logits: one per class_names entry; p = softmax(logits / temperature); "
+                "p(malignant) = the sum of p over malignant_classes")
+    values["outputs"] = (f"{head}; labelled malignant when p(malignant) >= threshold; "
+                         "features: the penultimate vector (for the quality gate)")
+    values["note"] = "Not a diagnostic device: p(malignant) is resemblance to the training data's malignant lesions."
+    del proto.metadata_props[:]
+    for key, value in values.items():
+        entry = proto.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    proto.producer_version = __version__
+    proto.doc_string = f"skinmole {config.get('name', '')} ({config.get('architecture', '')}): see metadata_props"
+
+
 def export_model_folder(folder, keras_model=None, *, check: bool = True) -> Path:
     """Write ``model.onnx`` beside the Keras weights and record it (``onnx_file``, its sha256) in the
     folder's config, through ``ModelFolder.update`` (the config's one writer).
@@ -420,6 +453,7 @@ def export_model_folder(folder, keras_model=None, *, check: bool = True) -> Path
     if keras_model is None:
         keras_model = model_folder.keras_model()
     proto = keras_to_onnx(keras_model)
+    describe_in_metadata(proto, model_folder.config.to_dict())
     import onnx
 
     onnx.checker.check_model(proto, full_check=True)
