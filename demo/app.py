@@ -68,6 +68,11 @@ CSS = """
 #verdict h3 {margin-top: 0;}
 #heatmap img {width: 100%; max-width: 480px; height: auto; border-radius: 6px;}
 #heatmap figcaption, #heatmap p {font-size: 0.9em; opacity: 0.85;}
+/* A phone stacks the columns: keep the input short so the verdict is on the first screen. */
+@media (max-width: 640px) {
+  #image-input {height: 190px !important;}
+  .notice {font-size: 0.85em; padding: 0.4em 0.7em;}
+}
 """
 
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="slate")

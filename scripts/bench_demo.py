@@ -50,8 +50,8 @@ def _start_app(model_source):
     demo = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = demo
     spec.loader.exec_module(demo)
-    model = demo.load_demo_model(model_source)
-    app = demo.build_app(model)
+    model = demo.skinmole.load_model(model_source)
+    app = demo.build_app(model)  # warms the model up before the first visitor
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
