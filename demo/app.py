@@ -79,11 +79,10 @@ THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="slate")
 
 HEATMAP_CAPTION = (
     "Grad-CAM: the yellow areas pushed the score towards malignant most, green ones less, dark blue "
-    "ones not at all. A coarse hint about where the model looked (a 4x4 grid at 128 px), not a "
-    "segmentation.")
+    "ones not at all. A coarse hint about where the model looked, not a segmentation.")
 NO_REGION = (
-    "<strong>Grad-CAM: no region stands out.</strong> No part of the image moved the odds of malignant "
-    "by more than {pct:.0%} on its own, so no heatmap is drawn: the answer does not rest on one spot "
+    "<strong>Grad-CAM: no region stands out.</strong> No part of the image raised the odds of malignant "
+    "by {pct:.0%} or more on its own, so no heatmap is drawn: the answer does not rest on one spot "
     "the model could point to.")
 
 
@@ -141,8 +140,9 @@ def _stop(signum, frame):  # noqa: ARG001 - signal handler signature
 def remove_uploads_on_stop() -> None:
     """SIGTERM and SIGHUP remove the upload folder and exit; Ctrl-C and a normal exit reach the
     ``finally`` in ``main``."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _stop)
+    for name in ("SIGTERM", "SIGHUP"):  # Windows has no SIGHUP
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _stop)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,21 +14,22 @@ unit: each cell's value is its additive share of the (linearised) score. ``expla
 a share of the malignant LOG-ODDS (divide by ``1 - P`` for log P, by the temperature for a raw
 logit), because log P saturates near P = 1 while the log-odds do not.
 
-A region "stands out" when its brightest cell alone moves the odds of malignant by at least 10 %
-(``MIN_LOG_ODDS_SHARE = 0.1``). The map is divided by ``max(peak, MIN_LOG_ODDS_SHARE)``, so a map
+A region "stands out" when its brightest cell alone multiplies the odds of malignant by at least
+e^0.1 = 1.105 (``MIN_LOG_ODDS_SHARE = 0.1`` log-odds). The map is divided by ``max(peak, MIN_LOG_ODDS_SHARE)``, so a map
 that stands out reaches 1 at its peak and a weak one stays faint: normalising a weak map by its own
 maximum paints a saturated blob where nothing stood out (the bundled melanoma sample: peak share
 0.006, in a border cell). Measured on 240 HAM10000 test images (120 malignant, 120 benign;
 ``experiments/gradcam_maps.py``, 2026-11-30): blurring the brightest quarter of the 81 maps that
-stand out dropped the malignant log-odds by 4.4 on average (median 4.0), of the 159 weak ones by 0.24
-(median 0.0). About 6 in 10 malignant and 1 in 10 benign images have a map that stands out.
+stand out took 4.4 off the malignant log-odds on average (median 4.0), of the 159 weak ones 0.5
+(median 0.3). About 6 in 10 malignant and 1 in 20 benign images have a map that stands out.
 
 The map is input_size/32 cells wide (4x4 at 128 px). Finer maps from earlier layers were measured
-and not adopted: blurring the top quarter of a map dropped log P(malignant) of 80 malignant test
-images by 1.99 on average with ``last_conv`` (4x4), 1.25 with ``block11_expand_relu6`` (8x8), 1.14
-with ``block10_add`` (8x8) and 0.53 with ``block5_expand_relu6`` (16x16), against 0.07 for random
-maps: the finer maps point less at what drove the answer. It is a coarse hint about where the model
-looked, not a segmentation and not a reason to trust a prediction.
+and not adopted: blurring the top quarter of a map took log P(malignant) of 80 malignant test
+images down by 2.13 on average with ``last_conv`` (4x4), 1.25 with ``block11_expand_relu6`` (8x8),
+1.15 with ``block10_add`` (8x8) and 0.54 with ``block5_expand_relu6`` (16x16), against 0.07 for
+random maps: the finer maps point less at what drove the answer. (A centred disc scores 2.82:
+lesions sit mid-image.) It is a coarse hint about where the model looked, not a segmentation and
+not a reason to trust a prediction.
 
 TensorFlow is imported only when ``explain`` is called, so ``import skinmole`` stays light.
 """
