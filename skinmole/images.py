@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageMode, ImageOps
+from PIL import Image, ImageMode
 
 from .errors import InvalidImageError  # noqa: F401  (defined in the leaf module; importable from here too)
 
@@ -80,6 +80,8 @@ def _read_path(path: Path, name: str) -> bytes:
     opened non-blocking and checked again, so a file swapped for a pipe in between cannot hang us."""
     try:
         info = os.stat(path)
+    except ValueError as exc:  # e.g. an embedded NUL byte
+        raise InvalidImageError(f"{name}: cannot be read ({exc})") from exc
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InvalidImageError(f"{name}: symlink loop (too many levels of symbolic links)") from exc
@@ -190,6 +192,70 @@ def _check_jpeg_scans(data: bytes, name: str) -> None:
         pos += int.from_bytes(data[pos:pos + 2], "big")
 
 
+# bytes per value of each TIFF field type (TIFF 6.0 and BigTIFF); types not listed are skipped by readers
+_TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8,
+                    18: 8}
+
+
+def _tiff_entries(blob: bytes):
+    """``(tag, type, count, value field)`` of the first IFD of a TIFF structure (a TIFF file or an
+    EXIF block), read with bounds checks; nothing for bytes that are not one."""
+    order = {b"II": "<", b"MM": ">"}.get(blob[:2])
+    if order is None or len(blob) < 16:
+        return
+    magic = struct.unpack_from(order + "H", blob, 2)[0]
+    big = magic == 43
+    if magic not in (42, 43):
+        return
+    head, entry_size, count_fmt = (order + "Q", 20, "HHQ8s") if big else (order + "I", 12, "HHI4s")
+    offset = struct.unpack_from(head, blob, 8 if big else 4)[0]
+    if offset + (8 if big else 2) > len(blob):
+        return
+    count = struct.unpack_from(order + ("Q" if big else "H"), blob, offset)[0]
+    first = offset + (8 if big else 2)
+    count = min(count, (len(blob) - first) // entry_size)
+    for i in range(count):
+        yield struct.unpack_from(order + count_fmt, blob, first + i * entry_size) + (order, big)
+
+
+def _check_tiff_tags(data: bytes, name: str) -> None:
+    """Pillow reads every tag's data when it opens a TIFF, and keeps it: tags that all point at the
+    same large region would each hold a copy (60 such tags in a 10 MB file take 1.2 GB). The data
+    of real tags never overlaps, so it fits in the file."""
+    declared = 0
+    for _, kind, count, _, _, big in _tiff_entries(data):
+        size = count * _TIFF_TYPE_BYTES.get(kind, 0)
+        if size > (8 if big else 4):  # larger values live outside the entry
+            declared += size
+            if declared > len(data):
+                raise InvalidImageError(f"{name}: TIFF tags declare more data than the file holds; refused")
+
+
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}  # EXIF Orientation -> the operation that displays the image
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF Orientation tag, read from the first IFD only. Pillow's getexif() would load every tag
+    (the same copying as in _check_tiff_tags) for the one number needed here."""
+    if hasattr(im, "tag_v2"):  # a TIFF: its tags were parsed (and checked) when it was opened
+        return int(im.tag_v2.get(274, 1) or 1)
+    blob = im.info.get("exif")
+    if not isinstance(blob, (bytes, bytearray)):
+        return 1
+    blob = bytes(blob).removeprefix(b"Exif\x00\x00")
+    for tag, kind, count, value, order, _ in _tiff_entries(blob):
+        if tag == 274 and kind == 3 and count == 1:
+            return struct.unpack_from(order + "H", value)[0]
+    return 1
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    method = _TRANSPOSE.get(_exif_orientation(im))
+    return im if method is None else im.transpose(method)
+
+
 class _BoundedReader(io.BytesIO):
     """The encoded bytes, refusing once Pillow's Python parsers have made too many reads."""
 
@@ -254,6 +320,8 @@ def _decode(data: bytes, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+                _check_tiff_tags(data, name)
             try:  # only the accepted formats' parsers ever see the bytes
                 im = Image.open(_BoundedReader(data, name), formats=_opened_formats())
             except Image.UnidentifiedImageError:
@@ -269,7 +337,7 @@ def _decode(data: bytes, name: str) -> Image.Image:
                 _check_jpeg_scans(data, name)
             im.seek(0)  # animated images: the first frame
             im.load()
-            ImageOps.exif_transpose(im, in_place=True)  # our own image: no copy when upright
+            im = _upright(im)
     except InvalidImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -286,7 +354,8 @@ def _decode(data: bytes, name: str) -> Image.Image:
 def _decode_source(source, name: str) -> Image.Image:
     """A path (any os.PathLike), bytes or binary file, read within the limits and decoded."""
     if isinstance(source, os.PathLike) and not isinstance(source, Path):
-        source = Path(os.fspath(source))
+        path = os.fspath(source)
+        source = Path(path if isinstance(path, str) else os.fsdecode(path))
     return _decode(_read_bytes(source, name), name)
 
 
@@ -357,6 +426,8 @@ def _pil_pixels(im: Image.Image, name: str) -> np.ndarray:
         if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
             return _in_strips(im, _on_white)
         return _in_strips(im, lambda part: np.asarray(part.convert("RGB")))
+    except InvalidImageError:
+        raise
     except ValueError as exc:  # a mode PIL cannot convert to RGB (e.g. premultiplied "La")
         raise InvalidImageError(f"{name}: unsupported colour mode {mode} ({exc})") from exc
     except MemoryError as exc:
@@ -416,7 +487,7 @@ def _pixels(source, name: str) -> np.ndarray:
         _check_decoded_bytes(source.mode, *source.size, name)
         try:
             source.load()
-            im = ImageOps.exif_transpose(source)
+            im = _upright(source)  # a new image when turned: the caller's stays as it was
         except MemoryError as exc:
             raise InvalidImageError(f"{name}: not enough memory to decode this image") from exc
         except _CORRUPT as exc:
@@ -436,11 +507,17 @@ def _resize(im: Image.Image, size: int) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
+def _resized(pixels: np.ndarray, size: int) -> np.ndarray:
+    if pixels.shape[0] == size and pixels.shape[1] == size:
+        return pixels
+    return _resize(Image.fromarray(pixels), size)
+
+
 def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize RGB uint8 to ``size`` x ``size`` (bilinear with antialiasing), the model's input."""
-    if rgb.shape[0] == size and rgb.shape[1] == size:
-        return rgb
-    return _resize(Image.fromarray(rgb), size)
+    if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
+        raise InvalidImageError(f"{describe(rgb)}: to_model_input takes RGB uint8 (H, W, 3); decode with load_image")
+    return _resized(rgb, size)
 
 
 def load_model_input(source, size: int, name: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -457,4 +534,4 @@ def load_model_input(source, size: int, name: str | None = None) -> tuple[np.nda
     else:
         pixels = _pixels(source, name)
     height, width = pixels.shape[:2]
-    return _as_rgb(to_model_input(pixels, size)), (int(width), int(height))
+    return _as_rgb(_resized(pixels, size)), (int(width), int(height))

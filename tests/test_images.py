@@ -136,6 +136,8 @@ BAD_INPUTS = {
     "bomb 10000x10000 (PIL warns)": lambda t, m: (_write(t, "bomb2.png", _bomb(10000, 10000)), None, "bomb"),
     "bomb 9000x8000 (skinmole's limit)": lambda t, m: (_write(t, "bomb3.png", _bomb(9000, 8000)), None, "bomb"),
     "bomb as bytes": lambda t, m: (_bomb(20000, 20000), "bytes>", "bomb"),
+    "TIFF whose tags all point at one large region": lambda t, m: (
+        _write(t, "tags.tif", _tiff_with_tags(60, 100_000)), None, "more data than the file holds"),
     "zero-height PNG": lambda t, m: (_write(t, "flat.png", png_bytes(10, 0, b"")), None, "corrupt"),
     "file over the size limit": lambda t, m: (
         m.setattr(images, "MAX_FILE_BYTES", 1000) or _write(t, "big.jpg", _sample_bytes()), None, "limit"),
@@ -186,6 +188,20 @@ def _closed_file():
     f = open(sample_path("nv"), "rb")
     f.close()
     return f, str(sample_path("nv")), "cannot be read"
+
+
+def _tiff_with_tags(tags: int, region: int) -> bytes:
+    """A valid 8x8 TIFF plus ``tags`` private tags that all point at one ``region``-byte blob: Pillow
+    would keep a copy per tag (60 x 10 MB took 1.2 GB)."""
+    base = encode(Image.new("L", (8, 8), 100), "TIFF")
+    ifd = struct.unpack_from("<I", base, 4)[0]
+    count = struct.unpack_from("<H", base, ifd)[0]
+    entries = [base[ifd + 2 + 12 * i: ifd + 14 + 12 * i] for i in range(count)]
+    entries += [struct.pack("<HHII", 40000 + i, 7, region, len(base)) for i in range(tags)]
+    entries.sort(key=lambda e: e[:2][::-1])
+    new_ifd = len(base) + region
+    return (base[:4] + struct.pack("<I", new_ifd) + base[8:] + b"\x00" * region
+            + struct.pack("<H", len(entries)) + b"".join(entries) + b"\x00" * 4)
 
 
 def _symlink(tmp: Path, target: Path) -> Path:
@@ -478,6 +494,37 @@ def test_exif_orientation_is_applied_as_the_spec_defines(orientation, rgb):
     expected = np.ascontiguousarray(EXIF_DISPLAY[orientation](stored))
     np.testing.assert_array_equal(load_image(data), expected)
     np.testing.assert_array_equal(load_image(Image.open(io.BytesIO(data))), expected)  # PIL input too
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "WEBP"])
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_in_lossless_formats(fmt, orientation, rgb):
+    if fmt == "WEBP" and not features.check("webp"):
+        pytest.skip("this Pillow cannot write WebP")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    kw = {"tiffinfo": {0x0112: orientation}} if fmt == "TIFF" else {"exif": exif.tobytes()}
+    if fmt == "WEBP":
+        kw.update(lossless=True, quality=100)
+    data = encode(Image.fromarray(rgb), fmt, **kw)
+    np.testing.assert_array_equal(load_image(data), np.ascontiguousarray(EXIF_DISPLAY[orientation](rgb)), err_msg=fmt)
+
+
+def exif_with_many_tags(orientation: int, tags: int, region: int) -> bytes:
+    """An EXIF block whose ``tags`` private tags all point at one ``region``-byte blob: a reader that
+    copies every tag's data (as Pillow's getexif does) holds tags x region bytes."""
+    entries = [struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0)]
+    blob_at = 8 + 2 + 12 * (tags + 1) + 4
+    entries += [struct.pack("<HHII", 40000 + i, 7, region, blob_at) for i in range(tags)]
+    return b"Exif\x00\x00II*\x00" + struct.pack("<IH", 8, tags + 1) + b"".join(entries) + b"\x00" * 4 + b"\x00" * region
+
+
+def test_orientation_is_read_from_an_exif_block_of_many_large_tags(rgb):
+    exif = exif_with_many_tags(6, tags=400, region=50_000)
+    data = encode(Image.fromarray(rgb), "JPEG", quality=95, exif=exif)
+    assert Image.open(io.BytesIO(data)).info["exif"].endswith(exif)
+    stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(load_image(data), np.ascontiguousarray(np.rot90(stored, -1)))
 
 
 def test_exif_rotation_concretely_puts_the_top_left_corner_top_right():
