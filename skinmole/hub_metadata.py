@@ -56,9 +56,20 @@ visual-question-answering document-question-answering zero-shot-image-classifica
 zero-shot-object-detection text-to-3d image-to-3d image-feature-extraction video-text-to-text
 keypoint-detection visual-document-retrieval any-to-any other
 """.split())
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]$")
 _LIBRARY = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _VERSION = re.compile(r"^\d+\.\d+(\.\d+)?([a-z0-9.+-]*)$")
+
+
+def _is_repo_id(value: str) -> bool:
+    """ORG/NAME by the Hub's own rules (``validate_repo_id``); skinmole always writes the namespace."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return "/" in value
 
 
 def _is_number(v) -> bool:
@@ -120,12 +131,12 @@ def space_metadata_problems(data: dict) -> list[str]:
             problems.append(f"{key}: must be true or false, not {data[key]!r}")
     if "header" in data and data["header"] not in ("mini", "default"):
         problems.append(f"header: {data['header']!r} is not 'mini' or 'default'")
-    _str_list(data, "models", problems, _REPO_ID.match, "a model repo id (ORG/NAME)")
-    _str_list(data, "datasets", problems, _REPO_ID.match, "a dataset repo id (ORG/NAME)")
+    _str_list(data, "models", problems, _is_repo_id, "a model repo id (ORG/NAME)")
+    _str_list(data, "datasets", problems, _is_repo_id, "a dataset repo id (ORG/NAME)")
     _str_list(data, "tags", problems)
     # "repo", "repo file1,file2" or "repo file1,file2 commit"
     _str_list(data, "preload_from_hub", problems,
-              lambda v: bool(_REPO_ID.match(v.split()[0])) and len(v.split()) <= 3, "'ORG/NAME [files [commit]]'")
+              lambda v: bool(_is_repo_id(v.split()[0])) and len(v.split()) <= 3, "'ORG/NAME [files [commit]]'")
     _licence(data, problems)
     return problems
 
@@ -169,11 +180,11 @@ def model_metadata_problems(data: dict) -> list[str]:
         problems.append(f"pipeline_tag: {data['pipeline_tag']!r} is not a Hub task id")
     _str_list(data, "tags", problems)
     _str_list(data, "metrics", problems)
-    _str_list(data, "datasets", problems, _REPO_ID.match, "a dataset repo id (ORG/NAME)")
+    _str_list(data, "datasets", problems, _is_repo_id, "a dataset repo id (ORG/NAME)")
     base = data.get("base_model")
     if base is not None:
         for b in [base] if isinstance(base, str) else base if isinstance(base, list) else [base]:
-            if not isinstance(b, str) or not _REPO_ID.match(b):
+            if not isinstance(b, str) or not _is_repo_id(b):
                 problems.append(f"base_model: {b!r} is not a model repo id (ORG/NAME)")
     if "model-index" in data:
         _model_index_problems(data["model-index"], problems)
