@@ -8,12 +8,13 @@ installed skinmole). Environment:
   GRADIO_SERVER_NAME     interface to listen on (default 127.0.0.1; a Space sets 0.0.0.0).
   GRADIO_SERVER_PORT     port (default 7860, or the next free one).
   SKINMOLE_MAX_UPLOAD_MB largest accepted upload in MB (default 15).
-  TMPDIR                 where the demo's private upload folder is made (the system default otherwise).
+  GRADIO_TEMP_DIR        the folder in which the demo makes its private upload folder (else TMPDIR,
+                         else the system's temporary folder); the demo then points Gradio inside it.
 
 Uploads are health data, so the app keeps nothing:
   - no flagging (a ``gr.Blocks`` app has no flag button), no run history, analytics off;
   - Gradio writes uploads only into the demo's own folder, ``<tmp>/skinmole-demo-<uid>/<pid>``
-    (mode 0700; ``GRADIO_TEMP_DIR`` is set to it), so the demo can remove it whole without touching
+    (mode 0700; ``GRADIO_TEMP_DIR`` is set to it before any component is made), so the demo can remove it whole without touching
     anyone else's files. At start-up the folders of earlier runs that are no longer running are
     removed (a crash or ``kill -9`` leaves one behind); on SIGTERM/SIGHUP (``docker stop``, a Space
     restart) and Ctrl-C the folder is removed before the process exits;
@@ -61,6 +62,7 @@ CONCURRENCY = 2      # requests computed at once (2 CPU cores are the usual host
 QUEUE_SIZE = 64      # visitors that may wait; beyond this Gradio answers "queue full"
 SWEEP = (60, 300)    # delete_cache: every 60 s, remove uploads older than 300 s
 DISPLAY_SIDE = 640   # the picture sent back is at most this many pixels wide/high; Grad-CAM is drawn at it
+TEMP_BASE = os.environ.get("GRADIO_TEMP_DIR") or None  # read before the demo points it at its own folder
 
 CSS = """
 .notice {border-left: 6px solid #b91c1c; background: #fef2f2; padding: 0.6em 1em; border-radius: 6px;}
@@ -102,11 +104,13 @@ def _pid_running(pid: int) -> bool:
 
 def _private_root() -> Path:
     """``<tmp>/skinmole-demo-<uid>``, ours alone (mode 0700); refused if someone else made it."""
-    root = Path(tempfile.gettempdir()) / f"skinmole-demo-{os.getuid()}"
+    root = Path(TEMP_BASE or tempfile.gettempdir()) / f"skinmole-demo-{os.getuid()}"
+    root.parent.mkdir(parents=True, exist_ok=True)
     root.mkdir(mode=0o700, exist_ok=True)
     info = root.lstat()
     if root.is_symlink() or info.st_uid != os.getuid():
-        raise SystemExit(f"skinmole demo: {root} is not this user's own folder; remove it or set TMPDIR")
+        raise SystemExit(f"skinmole demo: {root} is not this user's own folder; remove it or set "
+                         "GRADIO_TEMP_DIR")
     root.chmod(0o700)
     return root
 

@@ -57,6 +57,7 @@ def server(demo, model):
         yield {"url": f"http://127.0.0.1:{port}/", "model": model, "app": app}
     finally:
         app.close()
+        demo.remove_upload_folder()
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +222,8 @@ def test_discard_upload_only_touches_uploads(demo, server, tmp_path):
 # --- the demo as its own process -----------------------------------------------------------------
 
 def _demo_env(tmp_path, port=None) -> dict:
-    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONUNBUFFERED="1", GRADIO_SERVER_NAME="127.0.0.1")
-    env.pop("GRADIO_TEMP_DIR", None)  # this test process's own upload folder
+    # GRADIO_TEMP_DIR names the folder the demo makes its own private upload folder in.
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp_path), PYTHONUNBUFFERED="1", GRADIO_SERVER_NAME="127.0.0.1")
     env.pop("SKINMOLE_MODEL", None)
     if port is not None:
         env["GRADIO_SERVER_PORT"] = str(port)
