@@ -40,7 +40,7 @@ MAX_JPEG_SEGMENTS = 1000  # markers before the end of the first image (a real JP
 # Pillow's container parsers run in Python, one read per chunk, block or marker: a file made of
 # millions of tiny chunks parses for a minute at 50 MB. Real files need a few reads per 64 KiB.
 MAX_PARSER_READS = 1000
-MAX_PARSER_READS_PER_KIB = 4
+MAX_PARSER_READS_PER_KIB = 8
 STRIP_PIXELS = 1 << 20  # converted this many pixels at a time: temporaries stay a few MB
 MIN_SIDE = 1
 ALLOWED_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM", "TGA"}
