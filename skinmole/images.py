@@ -8,7 +8,8 @@ Anything that is not a complete, reasonably sized raster image raises ``InvalidI
 the input and the reason.
 
 Every input is answered or refused in bounded time and memory: the limits below are checked before
-the decoder allocates or loops (file bytes, declared pixels, decoded bytes, JPEG scans, parser reads),
+the decoder allocates or loops (file bytes, declared pixels, decoded bytes, JPEG scans and segments,
+parser reads, TIFF tag data),
 and conversions to RGB run in row strips, so no full-size float or RGBA temporary is ever made.
 """
 
@@ -34,11 +35,11 @@ MAX_PIXELS = 64_000_000  # a 4000x3000 photo is 12 MP; anything past 64 MP is tr
 # RGBA/CMYK/32-bit 4, 16-bit gray 2, gray 1). An 8-bit RGB image at the pixel limit just fits.
 MAX_DECODED_BYTES = 3 * MAX_PIXELS
 # A progressive JPEG has about 10 scans; each one is a pass over the whole image, so a file that
-# repeats a tiny scan thousands of times decodes for minutes. libjpeg has no limit of its own here.
+# repeats a tiny scan thousands of times decodes for minutes (Pillow sets libjpeg no scan limit).
 MAX_JPEG_SCANS = 32
 MAX_JPEG_SEGMENTS = 1000  # markers before the end of the first image (a real JPEG has tens)
 # Pillow's container parsers run in Python, one read per chunk, block or marker: a file made of
-# millions of tiny chunks parses for a minute at 50 MB. Real files need a few reads per 64 KiB.
+# millions of tiny chunks parses for a minute at 50 MB. Real files need under 1 read per KiB.
 MAX_PARSER_READS = 1000
 MAX_PARSER_READS_PER_KIB = 8
 STRIP_PIXELS = 1 << 20  # converted this many pixels at a time: temporaries stay a few MB
@@ -99,8 +100,9 @@ def _read_path(path: Path, name: str) -> bytes:
     try:
         fd = os.open(path, flags)
         with open(fd, "rb", closefd=True) as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise InvalidImageError(f"{name}: is {_file_kind(os.fstat(fd).st_mode)}, not a regular file")
+            opened = os.fstat(fd).st_mode
+            if not stat.S_ISREG(opened):
+                raise InvalidImageError(f"{name}: is {_file_kind(opened)}, not a regular file")
             return f.read(MAX_FILE_BYTES + 1)  # the file may have grown since stat
     except OSError as exc:  # e.g. a permission denied, or an I/O error
         raise InvalidImageError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
