@@ -1,43 +1,8 @@
-"""Add (or refit) the quality / out-of-distribution gate of an existing model folder.
+"""`skinmole fit-quality` as a script: `python scripts/fit_quality.py --help`. The code is skinmole.commands.fit_quality."""
 
-    python scripts/fit_quality.py --model models/NAME --data labels.csv [--val-data val.csv] [--limit N]
-
-Uses the same train/val split as training (the CSV's ``split`` column, ``--val-data``, or the
-seeded 85/15 split recorded in the model's config), writes ``quality.npz`` and
-``config.json["quality"]`` into the model folder, and prints that entry.
-"""
-
-import argparse
-import json
 import sys
-from pathlib import Path
 
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model folder to add the gate to (modified in place)")
-    p.add_argument("--data", required=True, help="the training data (CSV with a split column, or class folders)")
-    p.add_argument("--val-data", default=None, help="separate validation set, if the model was trained with one")
-    p.add_argument("--limit", type=int, default=None, help="at most N images per split (quick runs)")
-    p.add_argument("--cache-dir", default=".cache", help="pixel cache folder (default .cache)")
-    args = p.parse_args(argv)
-
-    from skinmole.model import read_config
-    from skinmole.quality import fit_quality_gate
-    from skinmole.training import TrainOptions, _split_sets
-
-    try:
-        config = read_config(Path(args.model))
-        seed = int(config.get("training", {}).get("seed", 42))
-        opts = TrainOptions(data=args.data, output=args.model, val_data=args.val_data, limit=args.limit, seed=seed)
-        train_set, val_set = _split_sets(opts)
-        entry = fit_quality_gate(args.model, train_set, val_set, cache_dir=args.cache_dir)
-    except (ValueError, ImportError, OSError) as exc:  # DatasetError and ModelLoadError are ValueErrors
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in entry.items() if k != "train_stats"}, indent=2))
-    return 0
-
+from skinmole.commands.fit_quality import main
 
 if __name__ == "__main__":
     sys.exit(main())

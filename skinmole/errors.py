@@ -30,3 +30,8 @@ class UnsafeWeightsError(ValueError):
 
 class PublishError(RuntimeError):
     """Publishing failed: no token, the Hub unreachable, the push refused, a bad model folder."""
+
+
+class MissingExtraError(ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the pip extra
+    that brings it (``pip install 'skinmole[keras]'``)."""

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py runs end to end on a tiny input (--quick) and writes its JSON; no timing asserts."""
+"""benchmarks/benchmark.py runs end to end on a tiny input (--quick) and writes its JSON; no timing asserts."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_benchmark_quick_runs_and_writes_json(onnx_folder, tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench.json"
     res = subprocess.run(
-        [sys.executable, "scripts/benchmark.py", "--quick", "--skip-keras", "--n", "4", "--model", str(onnx_folder),
+        [sys.executable, "benchmarks/benchmark.py", "--quick", "--skip-keras", "--n", "4", "--model", str(onnx_folder),
          "--images", str(SAMPLES), "--output", str(out)],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )
@@ -54,6 +54,6 @@ def test_benchmark_quick_runs_and_writes_json(onnx_folder, tmp_path):
 
 
 def test_benchmark_rejects_a_missing_image_source(tmp_path):
-    res = subprocess.run([sys.executable, "scripts/benchmark.py", "--quick", "--images", str(tmp_path / "nope")],
+    res = subprocess.run([sys.executable, "benchmarks/benchmark.py", "--quick", "--images", str(tmp_path / "nope")],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode != 0 and "not a folder or a CSV" in res.stderr

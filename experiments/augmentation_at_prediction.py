@@ -1,9 +1,11 @@
-"""Does test-time augmentation help? Validation ROC AUC of single views vs averaged flips/rotations.
+"""Experiment: does test-time augmentation help?
 
-    python scripts/tta_experiment.py [--model SOURCE] [--split val]
-
-Measured on validation only (the test split is for reporting). The answer decides whether
-``predict`` should pay several model calls per image.
+Question: is the validation ROC AUC of P(malignant) averaged over flips and 90-degree rotations
+    better enough than a single view to make ``predict`` pay several model calls per image?
+Date: 2026-11-27.
+Command: python experiments/augmentation_at_prediction.py [--model SOURCE] [--split val]
+Answer: no. Validation ROC AUC 0.912 -> 0.913 for a 4-6x slower prediction (MODEL_CARD.md,
+    "What we tried"). Measured on validation only: the test split is for reporting.
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """Measure skinmole's inference paths on this machine; print a table and write JSON.
 
-    python scripts/benchmark.py [--model FOLDER] [--images DIR_OR_CSV] [--n 256] [--repeats 5]
+    python benchmarks/benchmark.py [--model FOLDER] [--images DIR_OR_CSV] [--n 256] [--repeats 5]
                                 [--output bench.json] [--quick] [--skip-keras]
 
 What it measures (medians over ``--repeats`` runs, with min and max):

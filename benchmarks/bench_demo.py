@@ -6,8 +6,8 @@ gradio_client clients, each sending --per-client real images (HAM10000 test spli
 is found, else the bundled samples) and timing each request end to end (upload + queue + predict +
 Grad-CAM + response). Prints the summary and writes it as JSON. A benchmark, not a test.
 
-  python scripts/bench_demo.py              # 8 clients x 5 images, bundled (or SKINMOLE_MODEL) model
-  python scripts/bench_demo.py --url http://127.0.0.1:7860/ --per-client 10
+  python benchmarks/bench_demo.py              # 8 clients x 5 images, bundled (or SKINMOLE_MODEL) model
+  python benchmarks/bench_demo.py --url http://127.0.0.1:7860/ --per-client 10
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         **info,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "script": "scripts/bench_demo.py",
+        "script": "benchmarks/bench_demo.py",
     }
     text = json.dumps(summary, indent=2)
     print(text)
