@@ -7,8 +7,11 @@ bundled model's quality gate refuses; a refusal's own output is checked with a s
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +24,10 @@ from skinmole.cli import main
 from skinmole.predict import Prediction
 from skinmole.sample_images import sample_paths
 
+from helpers import copy_model_folder, tamper  # noqa: E402
+
 NO_GATE = "--no-quality-check"
+JSON_KEYS = ("input", "malignant_probability", "label", "threshold", "diagnosis", "quality", "model")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +73,7 @@ def test_json_mixed_good_and_bad_in_order_exit_2(capsys, tmp_path, reference):
     text = tmp_path / "notes.png"
     text.write_text("hello")
     good = [str(p) for p in sample_paths()]
-    inputs = [good[0], str(empty), good[1], str(tmp_path / "missing.jpg"), str(tmp_path), good[2], str(text), good[3]]
+    inputs = [good[0], str(empty), good[1], str(tmp_path / "missing.jpg"), good[2], str(text), good[3]]
     assert main(["predict", *inputs, "--json", "--batch-size", "3", NO_GATE]) == 2
     records = json_lines(capsys.readouterr().out)
     assert [r["input"] for r in records] == inputs
@@ -131,13 +137,11 @@ def _refused():
 
 def test_an_image_refused_by_the_quality_gate_counts_as_read(capsys, monkeypatch, tmp_path):
     """Exit 0, a JSON line with label null, a 'refused' row naming the issue, and errors still exit 2."""
-    predict_module = sys.modules["skinmole.predict"]  # the module (skinmole.predict is the function)
-
     def fake_iter_predict(sources, model=None, **kw):
         for src in sources:
             yield src, _refused()
 
-    monkeypatch.setattr(predict_module, "iter_predict", fake_iter_predict)
+    monkeypatch.setattr(skinmole, "iter_predict", fake_iter_predict)  # the public name the CLI calls
     path = str(sample_paths()[0])
     assert main(["predict", path, "--json"]) == 0
     (r,) = json_lines(capsys.readouterr().out)
@@ -158,9 +162,8 @@ def test_bad_model_is_one_line_and_exit_2(capsys, model):
 
 
 def test_tampered_model_is_one_line_and_exit_2(capsys, tmp_path):
-    folder = Path(shutil.copytree(skinmole.model.BUNDLED_MODEL, tmp_path / "m"))
-    with open(folder / "model.keras", "ab") as f:
-        f.write(b"\0")
+    folder = copy_model_folder(skinmole.model.BUNDLED_MODEL, tmp_path / "m")
+    tamper(folder / "model.keras")
     assert main(["predict", str(sample_paths()[0]), "--model", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "sha256" in err
@@ -201,3 +204,165 @@ def test_the_installed_console_script(tmp_path):
     assert [r["input"] for r in records] == [good, str(bad)]
     assert 0.0 <= records[0]["malignant_probability"] <= 1.0 and "error" in records[1]
     assert "Traceback" not in run.stderr
+
+
+# --- folders, stdin, --output ------------------------------------------------------------------------
+
+def test_a_folder_is_searched_recursively_in_sorted_order(capsys, tmp_path):
+    """Image suffixes in any case, subfolders, sorted; hidden names and other files are skipped."""
+    jpg = sample_paths()[0].read_bytes()
+    for rel in ["b.jpg", "a.JPEG", "sub/c.png", "sub/deeper/d.jpg", "notes.txt", ".hidden.jpg", ".git/e.jpg"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(jpg if rel != "notes.txt" else b"text")
+    assert main(["predict", str(tmp_path), "--json", NO_GATE]) == 0
+    records = json_lines(capsys.readouterr().out)
+    assert [Path(r["input"]).relative_to(tmp_path).as_posix() for r in records] == [
+        "a.JPEG", "b.jpg", "sub/c.png", "sub/deeper/d.jpg"]
+
+
+def test_the_samples_folder_and_stdin_both_answer_the_six_samples(capsys, monkeypatch):
+    folder = sample_paths()[0].parent
+    assert main(["predict", str(folder)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert sum(1 for line in table if ".jpg" in line) == 6 and "6 input(s)" in "\n".join(table)
+
+    listing = "".join(f"{p}\n" for p in sorted(folder.glob("*.jpg")))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(listing.encode())))
+    assert main(["predict", "-", "--json"]) == 0
+    captured = capsys.readouterr()
+    records = json_lines(captured.out)
+    assert [r["input"] for r in records] == listing.splitlines()
+    assert all(set(r) == set(JSON_KEYS) for r in records)
+    assert "6 input(s)" in captured.err and "not a diagnosis" in captured.err  # the summary: stderr
+
+
+def test_stdin_paths_mix_with_arguments_and_blank_lines_are_skipped(capsys, monkeypatch):
+    a, b, c = (str(p) for p in sample_paths()[:3])
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{b}\n\n{c}\r\n"))
+    assert main(["predict", a, "-", a, "--json", NO_GATE]) == 0
+    assert [r["input"] for r in json_lines(capsys.readouterr().out)] == [a, b, c, a]
+
+
+def test_an_empty_folder_is_said_and_exits_2(capsys, tmp_path):
+    (tmp_path / "readme.txt").write_text("no images here")
+    assert main(["predict", str(tmp_path), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"{tmp_path}: no image files" in captured.err
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_output_file(capsys, tmp_path, as_json, reference):
+    out = tmp_path / "results.txt"
+    path = str(sample_paths()[0])
+    assert main(["predict", path, "--output", str(out), NO_GATE] + (["--json"] if as_json else [])) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "1 input(s)" in captured.err
+    text = out.read_text()
+    if as_json:
+        (r,) = json_lines(text)
+        assert r["input"] == path and r["malignant_probability"] == pytest.approx(reference[path], abs=1e-6)
+    else:
+        assert text.splitlines()[0].split()[:2] == ["input", "label"]
+        assert f"{reference[path]:.3f}" in text and "1 input(s)" in text
+
+
+def test_output_file_that_cannot_be_written_is_one_line_exit_1(capsys, tmp_path):
+    assert main(["predict", str(sample_paths()[0]), "--output", str(tmp_path / "no" / "such" / "dir.txt")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("skinmole: cannot write") and "dir.txt" in err
+
+
+def test_table_names_are_printable_only(capsys, tmp_path):
+    """A newline or a terminal escape in a file name must not start a row or reach the terminal."""
+    name = "evil\nnext row\x1b[2J\x07.jpg"
+    (tmp_path / name).write_bytes(sample_paths()[0].read_bytes())
+    missing = str(tmp_path / "gone\x1b]0;title\x07.jpg")
+    assert main(["predict", str(tmp_path / name), missing, NO_GATE]) == 2
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    rows = out.splitlines()
+    assert len(rows) == 1 + 2 + 1 + 2  # header, two inputs, blank line, summary, disclaimer
+    assert "evil\\nnext row\\x1b[2J\\x07.jpg" in rows[1]
+    assert rows[2].split()[1] == "error" and "gone\\x1b]0;title\\x07.jpg" in rows[2]
+
+
+def test_predict_help_has_examples_and_exit_codes(capsys):
+    assert main(["predict", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "skinmole predict - --json" in text.replace("ls *.jpg | ", "")
+    for code in ("0", "2", "130", "1"):
+        assert any(line.strip().startswith(code + " ") for line in text.splitlines()), code
+
+
+def test_the_other_subcommands_are_listed(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for command in ("predict", "demo", "train", "fit-quality", "export-onnx", "publish"):
+        assert f"    {command}" in text, command
+
+
+# --- the process: output failures and Ctrl-C ---------------------------------------------------------
+
+def _command() -> list[str]:
+    return [sys.executable, "-m", "skinmole"]
+
+
+def _one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_a_full_disk_is_one_line_and_exit_1():
+    with open("/dev/full", "w") as full:
+        run = subprocess.run(_command() + ["predict", str(sample_paths()[0]), "--json"], stdout=full,
+                             stderr=subprocess.PIPE, text=True, timeout=300)
+    assert run.returncode == 1
+    assert "No space left" in _one_error_line(run.stderr)
+
+
+def test_a_closed_stdout_is_one_line_and_exit_1():
+    run = subprocess.run(_command() + ["predict", str(sample_paths()[0]), "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, timeout=300, close_fds=True,
+                         preexec_fn=lambda: os.close(1))
+    assert run.returncode == 1
+    assert "stdout" in _one_error_line(run.stderr)
+
+
+def test_a_reader_that_goes_away_is_one_line_and_exit_1():
+    """`skinmole predict ... | head -1`: the pipe closes after the first line."""
+    paths = [str(p) for p in sample_paths()] * 50
+    proc = subprocess.Popen(_command() + ["predict", *paths, "--json", "--batch-size", "1", NO_GATE],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.stdout.readline()
+        proc.stdout.close()
+        assert proc.wait(timeout=300) == 1
+        assert "Broken pipe" in _one_error_line(proc.stderr.read())
+    finally:
+        proc.kill()
+        proc.stderr.close()
+
+
+def test_ctrl_c_while_waiting_for_stdin_exits_130_with_one_line():
+    """Paths arrive on stdin and stdin stays open: after the first answers the command waits for more.
+    Ctrl-C then stops it at once with one line; the answers already given stay on stdout."""
+    proc = subprocess.Popen(_command() + ["predict", "-", "--json", "--batch-size", "1", NO_GATE],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        paths = [str(p) for p in sample_paths()] * 5  # more than the chunks decoded ahead on any machine
+        proc.stdin.write("".join(f"{p}\n" for p in paths))
+        proc.stdin.flush()
+        first = json.loads(proc.stdout.readline())
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        assert first["input"] == paths[0]
+        assert _one_error_line(proc.stderr.read()) == "skinmole: interrupted"
+    finally:
+        proc.kill()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
