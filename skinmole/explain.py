@@ -41,6 +41,7 @@ import weakref
 import numpy as np
 from PIL import Image
 
+from .extras import require
 from .images import load_image, load_model_input
 from .model import SkinmoleModel, load_model
 
@@ -156,8 +157,9 @@ def explain(image, model=None, *, size: tuple[int, int] | None = None) -> Heatma
 
     ``image``: anything ``load_image`` accepts (path, bytes, binary file, PIL image, array); bad
     input raises ``InvalidImageError``. ``model``: a loaded model or any ``load_model`` source; None
-    uses the bundled default.
+    uses the bundled default. Needs TensorFlow and Keras (``pip install 'skinmole[keras]'``).
     """
+    require("keras", "Grad-CAM (skinmole.explain)")
     m = load_model(model)
     model_input, original = load_model_input(image, m.input_size)
     w, h = original if size is None else (int(size[0]), int(size[1]))

@@ -38,5 +38,5 @@ def require(extra: str, feature: str) -> None:
     """Raise ``MissingExtraError`` naming ``pip install 'skinmole[EXTRA]'`` if ``feature`` cannot run."""
     missing = missing_modules(extra)
     if missing:
-        raise MissingExtraError(f"{feature} needs {', '.join(missing)}, which is not installed: "
+        raise MissingExtraError(f"{feature} needs {' and '.join(missing)}, not installed here: "
                                 f"pip install 'skinmole[{extra}]'")

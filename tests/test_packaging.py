@@ -153,3 +153,37 @@ def test_predict_and_demo_help_from_the_installed_wheel(env, tmp_path):
     demo = _run(env, [str(env / "bin" / "skinmole"), "demo", "--help"], tmp_path)
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "--model" in demo.stdout and "--port" in demo.stdout
+
+
+# --- a feature that needs an extra says which one ----------------------------------------------------
+
+def _hide(monkeypatch, *modules: str) -> None:
+    """Make ``modules`` look uninstalled (an import raises ModuleNotFoundError, find_spec gives None)."""
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_explain_without_keras_names_the_extra(monkeypatch):
+    import skinmole
+    from skinmole.errors import MissingExtraError
+
+    _hide(monkeypatch, "keras", "tensorflow")
+    with pytest.raises(MissingExtraError, match=re.escape("pip install 'skinmole[keras]'")):
+        skinmole.explain(SAMPLE)
+
+
+@pytest.mark.parametrize("argv, hidden, extra", [
+    (["train", "--data", "labels.csv", "--output", "out"], ("sklearn",), "train"),
+    (["export-onnx", "--model", "folder"], ("onnx",), "train"),
+    (["fit-quality", "--model", "folder", "--data", "labels.csv"], ("sklearn",), "train"),
+    (["demo"], ("gradio",), "demo"),
+])
+def test_a_subcommand_without_its_extra_is_one_line(monkeypatch, capsys, argv, hidden, extra):
+    from skinmole.cli import main
+
+    _hide(monkeypatch, *hidden)
+    assert main(argv) != 0
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert f"pip install 'skinmole[{extra}]'" in err and hidden[0] in err
