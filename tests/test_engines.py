@@ -15,7 +15,8 @@ from skinmole.images import load_image, to_model_input
 from skinmole.model import BUNDLED_MODEL, ModelLoadError, load_model, read_config
 from skinmole.model_folder import sha256_file
 
-from helpers import ROOT, copy_model_folder, edit_config, load_script, tamper  # noqa: E402
+from helpers import ROOT, copy_model_folder, edit_config, tamper  # noqa: E402
+from skinmole.commands import export_onnx  # noqa: E402
 
 SAMPLES = sorted((ROOT / "skinmole" / "samples").glob("*.jpg"))
 ATOL = 1e-4
@@ -24,17 +25,13 @@ pytest.importorskip("onnx", reason="ONNX export needs the 'onnx' package (dev ex
 pytest.importorskip("onnxruntime", reason="the ONNX engine needs onnxruntime")
 
 
-def _script(name):
-    return load_script(f"scripts/{name}.py")
-
-
 @pytest.fixture(scope="session")
 def folders(tiny_folder, tmp_path_factory):
     """{architecture: model folder with model.onnx}: the tiny untrained simple-cnn of conftest, and a
-    copy of the bundled efficientnet-lite0 exported afresh through scripts/export_onnx.py."""
+    copy of the bundled efficientnet-lite0 exported afresh through skinmole export-onnx."""
     lite0 = copy_model_folder(BUNDLED_MODEL, tmp_path_factory.mktemp("engines") / "lite0")
     (lite0 / "model.onnx").unlink()  # export afresh: the script is what is tested
-    assert _script("export_onnx").main(["--model", str(lite0)]) == 0
+    assert export_onnx.main(["--model", str(lite0)]) == 0
     return {"simple-cnn": tiny_folder, "efficientnet-lite0": lite0}
 
 
@@ -175,7 +172,7 @@ def test_unsupported_layer_is_a_clear_error():
 
 
 def test_export_script_reports_a_bad_folder(tmp_path, capsys):
-    assert _script("export_onnx").main(["--model", str(tmp_path)]) == 1
+    assert export_onnx.main(["--model", str(tmp_path)]) == 1
     assert "not a skinmole model folder" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""The Hugging Face Space folder, offline: publish.py --space --dry-run writes it, its front matter and
+"""The Hugging Face Space folder, offline: skinmole publish --space --dry-run writes it, its front matter and
 pins are right, and ``python app.py`` from inside it serves the demo on a model resolved by repo id
 from a Hugging Face cache laid out in a temporary folder (HF_HUB_OFFLINE=1)."""
 
@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from huggingface_hub import SpaceCard
 
-from helpers import ROOT, free_port, load_script
+from helpers import ROOT, free_port
 from hfcache import populate_cache
 
 from skinmole import hub_metadata, space  # noqa: E402
+from skinmole.commands import publish  # noqa: E402
 from skinmole.hub import PublishError  # noqa: E402
 from skinmole.model import BUNDLED_MODEL  # noqa: E402
 
@@ -27,14 +28,10 @@ MODEL_REPO = "org/skinmole-model"
 pytestmark = pytest.mark.skipif(not (ROOT / "demo" / "app.py").is_file(), reason="demo/app.py is not there")
 
 
-def _load_publish():
-    return load_script("scripts/publish.py")
-
-
 @pytest.fixture(scope="module")
 def space_folder(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("space") / "space"
-    rc = _load_publish().main(["--space", "org/skinmole-demo", "--model-repo", MODEL_REPO,
+    rc = publish.main(["--space", "org/skinmole-demo", "--model-repo", MODEL_REPO,
                                "--dry-run", "--output", str(out)])
     assert rc == 0
     return out
@@ -95,7 +92,7 @@ def test_a_space_card_the_hub_would_refuse_is_not_written(monkeypatch, tmp_path,
     with pytest.raises(PublishError, match="short_description: 61 characters"):
         space.build_space_card("org/skinmole-demo", MODEL_REPO)
     out = tmp_path / "space"
-    assert _load_publish().main(["--space", "org/demo", "--model-repo", MODEL_REPO, "--dry-run",
+    assert publish.main(["--space", "org/demo", "--model-repo", MODEL_REPO, "--dry-run",
                                  "--output", str(out)]) == 1
     assert "short_description: 61 characters" in capsys.readouterr().err
     assert not out.exists()
@@ -110,7 +107,7 @@ def test_space_imports_its_vendored_skinmole(space_folder):
 
 def test_space_needs_a_model_repo(tmp_path, capsys):
     out = tmp_path / "space"
-    assert _load_publish().main(["--space", "org/demo", "--dry-run", "--output", str(out)]) == 1
+    assert publish.main(["--space", "org/demo", "--dry-run", "--output", str(out)]) == 1
     assert "--model-repo" in capsys.readouterr().err
     assert not out.exists()
 
@@ -167,7 +164,7 @@ def test_space_upload_creates_a_gradio_space_and_pushes_once(monkeypatch, tmp_pa
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    rc = _load_publish().main(["--space", "org/skinmole-demo", "--model-repo", MODEL_REPO, "--token", "hf_x"])
+    rc = publish.main(["--space", "org/skinmole-demo", "--model-repo", MODEL_REPO, "--token", "hf_x"])
     assert rc == 0
     assert [(c[0], c[1]) for c in calls] == [("create_repo", "org/skinmole-demo"), ("upload_folder", "org/skinmole-demo")]
     repo, up = calls[0][2], calls[1][2]
