@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from skinmole import ModelLoadError, load_model, predict
-from helpers import ham10000_or_skip, load_script
+from helpers import ham10000_or_skip
 from skinmole.data import load_set
 from skinmole.images import load_image
 from skinmole.model import BUNDLED_MODEL, read_config
@@ -27,7 +27,9 @@ PIXEL_CHECKS = [c for c in CHECK_ORDER if c != "not_dermoscopy"]
 
 
 def _corpus_module():
-    return load_script("scripts/evaluate_quality.py")
+    from skinmole import quality_evaluation
+
+    return quality_evaluation
 
 
 # ------------------------------------------------------------------ no model needed
