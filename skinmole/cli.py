@@ -42,6 +42,7 @@ COMMANDS = {
     "fit-quality": ("fit_quality", "fit the quality gate of a model folder (needs the [train] extra)"),
     "export-onnx": ("export_onnx", "add model.onnx to a model folder (needs the [train] extra)"),
     "publish": ("publish", "publish a model folder or the demo Space to the Hugging Face Hub"),
+    "score": ("score", "score an archive of images into a Parquet file on Ray Data (needs the [scale] extra)"),
 }
 
 EXIT_CODES = f"""\

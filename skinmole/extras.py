@@ -18,6 +18,7 @@ EXTRAS = {
     "evaluate": ("sklearn",),
     "train": ("keras", "tensorflow", "sklearn", "onnx"),
     "demo": ("gradio",),
+    "scale": ("ray", "pyarrow"),
 }
 
 

@@ -16,6 +16,7 @@ TELEMETRY_OFF = {
     "ORT_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",  # huggingface_hub: usage pings on downloads and uploads
     "GRADIO_ANALYTICS_ENABLED": "False",  # gradio: anything but "True" turns its analytics off
+    "RAY_USAGE_STATS_ENABLED": "0",  # ray (skinmole score): usage stats reported by a cluster's head
     "DO_NOT_TRACK": "1",  # the shared convention (https://donottrack.sh), for the rest
 }
 
