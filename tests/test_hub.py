@@ -22,7 +22,7 @@ from huggingface_hub.errors import (
 )
 
 from hfcache import populate_cache  # noqa: E402
-from helpers import ROOT, config_path, copy_model_folder, load_script, write_config  # noqa: E402
+from helpers import ROOT, config_path, copy_model_folder, write_config  # noqa: E402
 
 import skinmole  # noqa: E402
 from skinmole import hub, hub_metadata, wording  # noqa: E402
@@ -36,7 +36,7 @@ TEST_METRICS = {
 }
 
 
-publish = load_script("scripts/publish.py")
+from skinmole.commands import publish  # noqa: E402
 
 
 @pytest.fixture(scope="session")

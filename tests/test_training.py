@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import ROOT as REPO, ham10000_or_skip, load_script
+from helpers import ham10000_or_skip
 from skinmole.data import DatasetError
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -128,12 +128,12 @@ def test_legacy_reader_refuses_eval_and_non_tensors(tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """scripts/train.py on 40 train + 40 val HAM10000 images, 1 epoch, 96 px (tens of seconds)."""
+    """skinmole train on 40 train + 40 val HAM10000 images, 1 epoch, 96 px (tens of seconds)."""
     root = _ham()
     _weights_path()
     base = tmp_path_factory.mktemp("tinytrain")
     out = base / "model"
-    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--data", str(root / "labels.csv"),
+    cmd = [sys.executable, "-m", "skinmole", "train", "--data", str(root / "labels.csv"),
            "--output", str(out), "--limit", "40", "--epochs", "1", "--warmup-epochs", "0",
            "--batch-size", "16", "--input-size", "96", "--cache-dir", str(base / "cache"), "--verbose", "0"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -249,7 +249,8 @@ def test_training_rejects_empty_class(tmp_path):
 
 
 def test_train_script_exit_code_on_bad_data(tmp_path, capsys):
-    mod = load_script("scripts/train.py")
+    from skinmole.commands import train as mod
+
     rows = _rows(4, 4)
     rows[0] = {**rows[0], "label": "unsure"}
     csv_path = _write_csv(tmp_path / "l.csv", rows)
