@@ -35,7 +35,7 @@ def main(argv=None, prog: str | None = None) -> int:
     try:
         require("train", "training")
         train(TrainOptions(**vars(args)))
-    except (ValueError, ImportError) as exc:  # DatasetError, ModelLoadError, MissingExtraError
+    except (ValueError, ImportError, OSError) as exc:  # DatasetError, ModelLoadError, MissingExtraError, a missing file
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
