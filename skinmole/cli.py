@@ -279,13 +279,7 @@ def _summary(counts: dict) -> str:
             f"{counts['refused']} refused by the quality gate, {counts['error']} unreadable\n")
 
 
-def _predict(args, out: Output, err: Output, stdin) -> int:
-    try:
-        model = _load(args.model, args.revision)
-    except Exception as exc:  # noqa: BLE001 - any failure to load a model is the user's input, reported in one line
-        err.write(f"skinmole: cannot load model {args.model or '(bundled default)'}: {_one_line(exc)}\n")
-        return EXIT_UNREADABLE
-
+def _predict(args, model, out: Output, err: Output, stdin) -> int:
     from . import InvalidImageError, iter_predict
 
     inputs = Inputs(args.paths, stdin)
@@ -324,15 +318,20 @@ def _predict(args, out: Output, err: Output, stdin) -> int:
 
 def _run_predict(args) -> int:
     err = Output(sys.stderr, "stderr")
+    try:  # before --output is opened: a model that cannot load leaves an existing file as it was
+        model = _load(args.model, args.revision)
+    except Exception as exc:  # noqa: BLE001 - any failure to load a model is the user's input, reported in one line
+        err.write(f"skinmole: cannot load model {args.model or '(bundled default)'}: {_one_line(exc)}\n")
+        return EXIT_UNREADABLE
     if args.output is None:
-        return _predict(args, Output(sys.stdout, "stdout"), err, sys.stdin)
+        return _predict(args, model, Output(sys.stdout, "stdout"), err, sys.stdin)
     try:
         stream = open(args.output, "w", encoding="utf-8", newline="\n")
     except OSError as exc:
         err.write(f"skinmole: cannot write {printable(args.output)}: {exc.strerror or exc}\n")
         return EXIT_FAILURE
     with stream:
-        return _predict(args, Output(stream, printable(args.output)), err, sys.stdin)
+        return _predict(args, model, Output(stream, printable(args.output)), err, sys.stdin)
 
 
 def _silence_stdout() -> None:
