@@ -268,6 +268,14 @@ def test_output_file(capsys, tmp_path, as_json, reference):
         assert f"{reference[path]:.3f}" in text and "1 input(s)" in text
 
 
+def test_a_model_that_cannot_load_leaves_the_output_file_alone(capsys, tmp_path):
+    out = tmp_path / "answers.jsonl"
+    out.write_text("earlier answers\n")
+    assert main(["predict", str(sample_paths()[0]), "--model", str(tmp_path / "none"), "--output", str(out)]) == 2
+    assert out.read_text() == "earlier answers\n"
+    assert "cannot load model" in capsys.readouterr().err
+
+
 def test_output_file_that_cannot_be_written_is_one_line_exit_1(capsys, tmp_path):
     assert main(["predict", str(sample_paths()[0]), "--output", str(tmp_path / "no" / "such" / "dir.txt")]) == 1
     err = capsys.readouterr().err.strip()
