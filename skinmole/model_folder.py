@@ -171,6 +171,33 @@ class ModelFolder:
             (self.path / LEGACY_CONFIG_FILE).unlink(missing_ok=True)
         self.config, self.config_file = config, SKINMOLE_FILE
 
+    def upgrade(self) -> "ModelFolder":
+        """Rewrite a format-1 folder (``config.json`` + ``model.keras``) in the current layout, in place:
+        the same weights in Keras' directory layout, ``skinmole.json``; ONNX file and gate untouched.
+        Refused (nothing changed) unless the rewritten weights give bit-identical logits."""
+        import numpy as np
+
+        if self.config.keras_directory:
+            return self
+        keras_model = self.keras_model()
+        pixels = np.random.default_rng(0).integers(0, 256, (4, *keras_model.input_shape[1:]), dtype=np.uint8)
+        before = np.asarray(keras_model.predict_on_batch(pixels.astype(np.float32)))
+        old = self.config
+        values = old.to_dict()
+        with tempfile.TemporaryDirectory(prefix="skinmole-upgrade-", dir=self.path) as tmp:
+            staged = ModelFolder.create(tmp, keras_model, values)
+            after = np.asarray(staged.keras_model().predict_on_batch(pixels.astype(np.float32)))
+            if not np.array_equal(before, after):
+                raise ModelLoadError(f"{self.path}: the weights rewritten in Keras' directory layout give "
+                                     "different logits; the folder was left as it was")
+            new = old.with_changes(weights_files=KERAS_DIR_FILES, sha256={**old.sha256, **staged.config.sha256})
+            _write_atomically(self.path / SKINMOLE_FILE, new.to_json().encode())
+            for name in KERAS_DIR_FILES:
+                os.replace(Path(tmp) / name, self.path / name)  # config.json: Keras' from now on
+        for name in old.weights_files:
+            (self.path / name).unlink(missing_ok=True)
+        return ModelFolder.open(self.path)
+
     @classmethod
     def create(cls, path, keras_model, config: dict) -> "ModelFolder":
         """Write a new model folder: the Keras model in Keras' directory layout (``config.json``,

@@ -11,7 +11,7 @@ after the model on the same batch and refuses an image when
   (Mahalanobis distance with a shrinkage covariance): "not a dermoscopic image of a skin lesion".
 
 Every threshold is fitted from the training (pixel checks) and validation (distance) images by
-``fit_quality_gate`` and stored with the model: the numbers in ``config.json["quality"]``, the
+``fit_quality_gate`` and stored with the model: the numbers in the config's ``quality`` entry, the
 feature mean and precision matrix in ``quality.npz`` (sha256 checked, array shapes read from the
 headers and checked before anything is inflated). Serving needs only
 numpy; fitting imports scikit-learn and the data helpers lazily.
@@ -294,10 +294,10 @@ def capture_variations(pixels: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
-def _features(model, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def _features(engine, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
     from .engines import run_in_batches
 
-    return run_in_batches(model.engine, pixels, batch_size)[1].astype(np.float32)
+    return run_in_batches(engine, pixels, batch_size)[1].astype(np.float32)
 
 
 def _short_sides(paths) -> np.ndarray:
@@ -342,24 +342,26 @@ def fit_quality_gate(model_folder, train_set, val_set, cache_dir=".cache", *, ba
     from the penultimate features (the model's own engine) of ``train_set`` plus one
     ``capture_variations`` copy of each image; the distance threshold is the
     ``OOD_QUANTILE`` quantile of ``val_set``'s distances times ``OOD_MARGIN``. Writes ``quality.npz``
-    and ``config.json["quality"]``; returns that entry. ``pixels``: the sets' model inputs
+    and the config's ``quality`` entry (``ModelFolder.update``); returns that entry. ``pixels``: the sets' model inputs
     (train, val), when the caller already holds them (training does).
     """
     from sklearn.covariance import LedoitWolf
 
     from .data import load_pixels
-    from .model import load_model
+    from .engines import make_engine
+    from .model_folder import ModelFolder
 
-    model = load_model(model_folder, gate=False)  # the gate being fitted is not loaded
-    folder = model.folder
-    size = model.input_size
+    opened = ModelFolder.open(model_folder)  # every file checked; the gate being fitted is not loaded
+    engine = make_engine(opened)
+    folder = opened.path
+    size = opened.config.input_size
 
     if pixels is None:
         pixels = load_pixels(train_set, size, cache_dir), load_pixels(val_set, size, cache_dir)
     x_train, x_val = pixels
     log(f"quality gate: features of {len(x_train)} train / {len(x_val)} val images")
-    f_train = _features(model, x_train, batch_size)
-    f_val = _features(model, x_val, batch_size)
+    f_train = _features(engine, x_train, batch_size)
+    f_val = _features(engine, x_val, batch_size)
 
     stats_train = pixel_stats(x_train)
     sides_train = _short_sides(train_set.paths)
@@ -368,12 +370,12 @@ def fit_quality_gate(model_folder, train_set, val_set, cache_dir=".cache", *, ba
     # The reference distribution: the training images plus one varied capture of each (other
     # dermatoscopes' black field of view, colour casts, exposure, zoom), so that dermoscopy from other
     # cameras is not flagged for looking unlike HAM10000's.
-    f_var = _features(model, capture_variations(x_train, seed=0), batch_size)
+    f_var = _features(engine, capture_variations(x_train, seed=0), batch_size)
     lw = LedoitWolf(assume_centered=False).fit(normalise(np.concatenate([f_train, f_var])).astype(np.float64))
     mean = lw.location_.astype(np.float32)
     precision = lw.precision_.astype(np.float32)
     d_val = mahalanobis(normalise(f_val), mean, precision)
-    d_val_var = mahalanobis(normalise(_features(model, capture_variations(x_val, seed=1), batch_size)), mean, precision)
+    d_val_var = mahalanobis(normalise(_features(engine, capture_variations(x_val, seed=1), batch_size)), mean, precision)
     ood_max = float(np.quantile(d_val, OOD_QUANTILE) * OOD_MARGIN)
 
     path = folder / QUALITY_FILE
@@ -413,6 +415,6 @@ def fit_quality_gate(model_folder, train_set, val_set, cache_dir=".cache", *, ba
     entry["val_accepted"] = round(float(np.mean([not f for f in failed])), 4)
     entry["val_ood_accepted"] = round(float(np.mean(d_val <= ood_max)), 4)
     entry["val_variations_ood_accepted"] = round(float(np.mean(d_val_var <= ood_max)), 4)
-    model.model_folder.update(quality=entry, written=[QUALITY_FILE])
+    opened.update(quality=entry, written=[QUALITY_FILE])
     log(f"quality gate: {entry['val_accepted']:.2%} of validation images accepted; wrote {path}")
     return entry

@@ -163,7 +163,7 @@ def test_bad_model_is_one_line_and_exit_2(capsys, model):
 
 def test_tampered_model_is_one_line_and_exit_2(capsys, tmp_path):
     folder = copy_model_folder(skinmole.model.BUNDLED_MODEL, tmp_path / "m")
-    tamper(folder / "model.keras")
+    tamper(folder / "model.weights.h5")
     assert main(["predict", str(sample_paths()[0]), "--model", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "sha256" in err

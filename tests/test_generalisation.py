@@ -152,5 +152,5 @@ def test_training_resumes_after_an_interruption_and_refuses_other_options(tmp_pa
     assert [r["epoch"] for r in history] == [1, 2]
     assert history[0] == {**state["history"][0]}  # the first epoch was not trained again
     assert not (out / "checkpoint").exists()  # removed once the folder is written
-    cfg = json.loads((out / "config.json").read_text())
+    cfg = json.loads((out / "skinmole.json").read_text())
     assert "by_source" in cfg["metrics"]["val"] and cfg["training"]["epochs"] == 2

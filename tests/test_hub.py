@@ -22,7 +22,7 @@ from huggingface_hub.errors import (
 )
 
 from hfcache import populate_cache  # noqa: E402
-from helpers import ROOT, config_path, copy_model_folder, write_config  # noqa: E402
+from helpers import ROOT, config_path, copy_model_folder, tamper, write_config  # noqa: E402
 
 import skinmole  # noqa: E402
 from skinmole import hub, hub_metadata, wording  # noqa: E402
@@ -160,8 +160,7 @@ def test_dry_run_of_the_bundled_model_without_output_leaves_nothing(tmp_path, mo
 def test_assembly_failure_removes_the_partial_output(small_model, tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(small_model, bad)
-    with open(bad / "model.keras", "ab") as f:
-        f.write(b"tampered")
+    tamper(bad / "model.weights.h5")
     out = tmp_path / "out"
     assert publish.main(["--repo-id", "org/name", "--model", str(bad), "--dry-run", "--output", str(out)]) == 1
     err = capsys.readouterr().err
@@ -218,11 +217,11 @@ def test_offline_and_not_cached_is_a_clear_error(hf_offline, small_model):
 
 def test_tampered_weights_in_the_cache_fail_the_sha256_check(hf_offline, small_model):
     snapshot = populate_cache(hf_offline, "org/name", small_model)
-    blob = (snapshot / "model.keras").resolve()
+    blob = (snapshot / "model.weights.h5").resolve()
     assert blob.parent.name == "blobs"
     with open(blob, "ab") as f:
         f.write(b"\0")
-    with pytest.raises(ModelLoadError, match="sha256 of model.keras"):
+    with pytest.raises(ModelLoadError, match="sha256 of model.weights.h5"):
         load_model("org/name")
 
 

@@ -7,7 +7,6 @@ subset of the real HAM10000 train/val splits (200/100 images), so the bundled fo
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import numpy as np
@@ -15,10 +14,11 @@ import pytest
 from PIL import Image, ImageFilter
 
 from skinmole import ModelLoadError, load_model, predict
-from helpers import ham10000_or_skip
+from helpers import copy_model_folder, ham10000_or_skip
 from skinmole.data import load_set
 from skinmole.images import load_image
-from skinmole.model import BUNDLED_MODEL, read_config
+from skinmole.model import BUNDLED_MODEL
+from skinmole.model_folder import ModelFolder
 from skinmole.quality import (
     CHECK_ORDER, QUALITY_FILE, QualityGate, fit_quality_gate, pixel_stats, pixel_thresholds,
 )
@@ -89,11 +89,8 @@ def ham_images():
 @pytest.fixture(scope="session")
 def gated_folder(tmp_path_factory):
     labels = ham10000_or_skip() / "labels.csv"
-    folder = tmp_path_factory.mktemp("gated") / "model"
-    shutil.copytree(BUNDLED_MODEL, folder)
-    config = read_config(folder)
-    config.pop("quality", None)  # whatever the bundled model carries, fit a fresh gate on this copy
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = copy_model_folder(BUNDLED_MODEL, tmp_path_factory.mktemp("gated") / "model")
+    ModelFolder.open(folder).update(quality=None)  # whatever the bundled model carries, fit a fresh gate
     train = load_set(labels, split="train")
     val = load_set(labels, split="val")
     train = train.subset(range(0, len(train), max(1, len(train) // 200)))
@@ -109,11 +106,9 @@ def gated(gated_folder):
 
 @pytest.fixture(scope="session")
 def ungated(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ungated") / "model"
-    shutil.copytree(BUNDLED_MODEL, folder, ignore=shutil.ignore_patterns(QUALITY_FILE))
-    config = read_config(folder)
-    config.pop("quality", None)
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = copy_model_folder(BUNDLED_MODEL, tmp_path_factory.mktemp("ungated") / "model")
+    ModelFolder.open(folder).update(quality=None)
+    (folder / QUALITY_FILE).unlink()
     return load_model(folder)
 
 
@@ -147,11 +142,11 @@ def test_gate_is_recorded_and_loads_with_the_model(gated, gated_folder):
 
 
 def test_tampered_or_missing_statistics_refuse_to_load(gated_folder, tmp_path):
-    bad = tmp_path / "tampered"
-    shutil.copytree(gated_folder, bad)
+    bad = copy_model_folder(gated_folder, tmp_path / "tampered")
     with np.load(bad / QUALITY_FILE) as z:
         mean, precision = z["mean"].copy(), z["precision"]
     mean[0] += 1.0
+    (bad / QUALITY_FILE).unlink()  # a new file: the copy's is a hard link
     np.savez(bad / QUALITY_FILE, mean=mean, precision=precision)
     with pytest.raises(ModelLoadError, match="quality"):
         load_model(bad)

@@ -145,11 +145,11 @@ def tiny_model(tmp_path_factory):
 def test_tiny_training_output_loads_and_predicts(tiny_model):
     from skinmole import load_model, predict
 
-    assert {"model.keras", "config.json", "history.json"} <= {p.name for p in tiny_model.iterdir()}
+    assert {"skinmole.json", "config.json", "model.weights.h5", "history.json"} <= {p.name for p in tiny_model.iterdir()}
     model = load_model(tiny_model)
     assert model.input_size == 96 and model.class_names == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
     assert 0.0 <= model.threshold <= 1.0 and model.temperature > 0
-    cfg = json.loads((tiny_model / "config.json").read_text())
+    cfg = json.loads((tiny_model / "skinmole.json").read_text())
     assert cfg["training"]["train_images"] == 40 and cfg["metrics"]["val"]["n"] == 40
     history = json.loads((tiny_model / "history.json").read_text())
     assert len(history) >= 1
@@ -172,19 +172,19 @@ def test_train_without_validation_then_finish_where_the_validation_split_is(tiny
     common = dict(data=str(root / "labels.csv"), limit=40, batch_size=16, input_size=96,
                   cache_dir=str(tmp_path / "cache"), verbose=0)
     gpu = train(TrainOptions(output=str(tmp_path / "gpu"), validation=False, epochs=1,
-                             init_weights=str(tiny_model / "model.keras"), **common))
+                             init_weights=str(tiny_model), **common))
     assert {p.name for p in gpu.iterdir()} >= {"model.keras", "history.json"}
-    assert not (gpu / "config.json").exists()  # not a model folder yet: no calibration without validation
+    assert not (gpu / "skinmole.json").exists()  # not a model folder yet: no calibration without validation
     history = json.loads((gpu / "history.json").read_text())
     assert [r["phase"] for r in history] == ["finetune"] and "val_auc" not in history[0]
 
     done = train(TrainOptions(output=str(tmp_path / "done"), epochs=0, init_weights=str(gpu / "model.keras"), **common))
-    cfg = json.loads((done / "config.json").read_text())
+    cfg = json.loads((done / "skinmole.json").read_text())
     assert cfg["training"]["init_weights"] == str(gpu / "model.keras") and cfg["metrics"]["val"]["n"] == 40
     trained = keras.saving.load_model(gpu / "model.keras", compile=False).get_weights()
     packaged = load_model(done).keras_model.get_weights()
     assert len(trained) == len(packaged) and all(np.array_equal(a, b) for a, b in zip(trained, packaged))
-    started = keras.saving.load_model(tiny_model / "model.keras", compile=False).get_weights()
+    started = keras.saving.load_model(str(tiny_model), compile=False).get_weights()  # Keras reads the folder
     assert not all(np.array_equal(a, b) for a, b in zip(started, trained))  # the epoch did train
 
 
@@ -193,7 +193,7 @@ def test_init_weights_from_another_head_is_a_clear_error(tiny_model, tmp_path):
 
     with pytest.raises(ValueError, match="do not match"):
         train(TrainOptions(data=str(_ham() / "labels.csv"), output=str(tmp_path / "x"), head="binary", limit=40,
-                           input_size=96, epochs=0, init_weights=str(tiny_model / "model.keras"),
+                           input_size=96, epochs=0, init_weights=str(tiny_model),
                            cache_dir=str(tmp_path / "cache"), verbose=0))
 
 
