@@ -7,8 +7,9 @@ training data. See MODEL_CARD.md for what the numbers mean and where they come f
 __version__ = "0.1.0"
 
 from . import privacy  # noqa: E402,F401  (first: telemetry off before any dependency loads)
-from .images import InvalidImageError, load_image, to_model_input  # noqa: E402
-from .model import ModelLoadError, SkinmoleModel, load_model  # noqa: E402
+from .errors import InvalidImageError, ModelLoadError  # noqa: E402
+from .images import load_image, to_model_input  # noqa: E402
+from .model import SkinmoleModel, load_model  # noqa: E402
 from .predict import Prediction, iter_predict, predict  # noqa: E402
 from .explain import explain, overlay  # noqa: E402  (TensorFlow only imported when explain() runs)
 

@@ -222,6 +222,16 @@ def test_serving_path_does_not_import_tensorflow(folders):
     assert "tensorflow" not in heavy and "keras" not in heavy, heavy
 
 
+def test_predict_with_the_default_model_does_not_import_tensorflow():
+    code = ("import sys, skinmole; p = skinmole.predict(sys.argv[1]); "
+            "print(p.label, sorted(m for m in ('tensorflow', 'keras', 'sklearn', 'torch') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code, str(SAMPLES[0])], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    label, heavy = res.stdout.strip().split(" ", 1)
+    assert label in ("benign", "malignant", "None") and heavy == "[]", res.stdout
+
+
 def test_import_is_light():
     code = "import sys, skinmole; print(sorted(m for m in ('tensorflow', 'keras', 'onnxruntime', 'torch') if m in sys.modules))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
