@@ -22,11 +22,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_UNREADABLE = 2
-EXIT_INTERRUPTED = 130
+from .commands import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, positive_int
 NAME_WIDTH_MAX = 48
 PROGRESS_AFTER_S = 2.0   # a run longer than this shows a progress count (stderr on a terminal only)
 PROGRESS_EVERY_S = 0.5
@@ -72,16 +68,6 @@ class OutputError(Exception):
     """The results could not be written (a closed pipe, a full disk): reported in one line."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skinmole",
@@ -108,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a model folder, a file inside one, or a Hugging Face repo id ORG/NAME "
                         "(default: the bundled model)")
     p.add_argument("--revision", default=None, help="with a Hub repo id: the branch, tag or commit")
-    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                    help="images per model call (default 64)")
     p.add_argument("--no-quality-check", action="store_true",
                    help="skip the image-quality / out-of-distribution gate")

@@ -6,7 +6,22 @@ function of the package, turn its typed errors into one line on stderr and an ex
 only when its command runs, so ``skinmole --help`` and ``skinmole predict`` never load TensorFlow.
 """
 
+import argparse
 import os
 
 # TensorFlow's start-up log lines (CPU features, absl) are noise on a command line; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The exit status of the commands that read inputs (predict, score).
+EXIT_OK, EXIT_FAILURE, EXIT_UNREADABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --batch-size."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value

@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILURE, EXIT_UNREADABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from . import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, positive_int
+
 PROGRESS_EVERY_S = 10.0
 
 EXAMPLES = """\
@@ -31,16 +32,6 @@ p_<class> per class, quality_accepted, quality_issues, ood_score, model_name, mo
 model_sha256, error)."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Score an archive of images into one Parquet file, on Ray Data "
@@ -51,11 +42,11 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, metavar="OUT.parquet", help="the Parquet file to write")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="join the Ray cluster at ADDR (HEAD:6379, or 'auto'); default: start a local Ray")
-    p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="model workers, one CPU each (default: every CPU of this machine or the cluster)")
     p.add_argument("--model", metavar="SOURCE", default=None,
                    help="a model folder (on every node) or a Hugging Face repo id ORG/NAME (default: bundled)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="images per model call (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="images per model call (default 64)")
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming an existing output")
     return p
 
@@ -76,11 +67,12 @@ class _Progress:
 def main(argv=None, prog: str | None = None) -> int:
     args = parser(prog).parse_args(argv)
     from ..errors import MissingExtraError, ModelLoadError
-    from ..score import ScoreError, parts_folder, score
+    from ..score import ScoreError, import_ray, parts_folder, score
 
-    logging.getLogger("ray").setLevel(logging.WARNING)  # Ray Data's per-run INFO lines
     say = lambda text: print(f"skinmole score: {text}", file=sys.stderr, flush=True)  # noqa: E731
     try:
+        import_ray()
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its per-run notices; the summary says it all
         report = score(args.source, args.output, model=args.model, address=args.address, workers=args.workers,
                        batch_size=args.batch_size, overwrite=args.overwrite, progress=_Progress())
     except MissingExtraError as exc:
@@ -99,8 +91,10 @@ def main(argv=None, prog: str | None = None) -> int:
         say(f"skipped {report.skipped:,} input(s) already scored in {report.output}")
     if report.retried_errors:
         say(f"scored again {report.retried_errors:,} input(s) that were errors last time")
-    rate = f" ({report.scored / report.seconds:.0f} images/s)" if report.scored and report.seconds else ""
+    if not report.scored:
+        say(f"nothing left to score: all {report.inputs:,} input(s) are in {report.output} ({report.rows:,} rows)")
+        return EXIT_OK
     say(f"{report.inputs:,} input(s): {report.scored:,} scored by {report.workers} worker(s) in "
-        f"{report.seconds:.0f} s{rate}, {report.refused:,} refused by the quality gate, {report.errors:,} "
-        f"unreadable; {report.rows:,} rows in {report.output}")
+        f"{report.seconds:.0f} s ({report.scored / max(report.seconds, 1e-9):.1f} images/s), {report.refused:,} "
+        f"refused by the quality gate, {report.errors:,} unreadable; {report.rows:,} rows in {report.output}")
     return EXIT_UNREADABLE if report.errors else EXIT_OK
