@@ -154,16 +154,10 @@ class ModelFolder:
         A format-1 folder is rewritten as ``skinmole.json`` (its old ``config.json`` is removed)."""
         sha = dict(self.config.sha256)
         for name in written:
-            sha[name] = sha256_file(self._file_unchecked(name))
+            sha[name] = sha256_file(self._file(name))
         new = self.config.with_changes(sha256=sha, **changes)  # validated; refuses a file without a digest
         self._write(new)
         return new
-
-    def _file_unchecked(self, name: str) -> Path:
-        path = self.path / name
-        if not path.is_file():
-            raise ModelLoadError(f"{self.path}: {name} is missing")
-        return path
 
     def _write(self, config: ModelConfig) -> None:
         _write_atomically(self.path / SKINMOLE_FILE, config.to_json().encode())
