@@ -1,9 +1,11 @@
-"""The Hugging Face Hub: download a model folder, build its model card, assemble and upload a repo.
+"""Publishing to the Hugging Face Hub: the model card, the repo folder, the upload (in one commit).
 
-Transfers go through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE``, tokens);
-the local folder stays a plain skinmole model folder that ``load_model`` checks (sha256) and
-loads. Keras' own ``hf://`` saving is not used: it rewrites the model card and needs TensorFlow's
-file layer. ``huggingface_hub`` is imported only when one of these functions runs.
+A published repo is a skinmole model folder in Keras' directory layout (Keras' ``config.json``,
+``metadata.json``, ``model.weights.h5``, skinmole's ``skinmole.json`` beside them, ``model.onnx``,
+``quality.npz``) plus README.md, the card. So one repo answers both ``skinmole.load_model("ORG/NAME")``
+(every file's sha256 checked) and Keras' own ``keras.saving.load_model("hf://ORG/NAME")``. Keras' own
+``hf://`` saving is not used: it writes its own card. ``huggingface_hub`` is imported only when one
+of these functions runs; downloading lives in ``skinmole.download``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .hub_metadata import model_metadata_problems
 from .download import MODEL_PATTERNS, download_model  # noqa: F401  (loading sits below the loader; re-exported)
 from .download import http_summary as _http_summary, network_errors as _network_errors
 from .model import BUNDLED_MODEL, ModelLoadError, load_model, read_config
+from .model_folder import ModelFolder
 from .errors import PublishError  # noqa: F401  (defined in the leaf module; importable from here too)
 
 # What a published repo carries besides: the training history. The model folder's plots/ are not
@@ -203,7 +206,10 @@ def usage_section(repo_id: str, revision: str | None = None) -> str:
         "else:\n"
         "    print(f\"malignant probability {prediction.malignant_probability:.3f} -> {prediction.label}\")\n"
         "```\n\n"
-        f"Or from the command line: `skinmole predict mole.jpg --model {repo_id}`.\n"
+        f"Or from the command line: `skinmole predict mole.jpg --model {repo_id}`. Keras alone loads the "
+        f"network too, `keras.saving.load_model(\"hf://{repo_id}\")` (raw RGB pixels 0..255 in, logits "
+        "out; a model with skinmole's Shades-of-Gray layer needs `import skinmole.colour_constancy` first); "
+        "the calibration, the threshold and the quality gate are skinmole's.\n"
     )
 
 
@@ -323,19 +329,22 @@ def assemble_repo_folder(model_source, output_dir, repo_id: str, *, card_body=No
                          base_model=None) -> Path:
     """Write the Hub repo folder for ``model_source`` into ``output_dir`` (which must be new or empty).
 
-    Copies the model files (after checking their sha256), the history and the plots, and writes
+    Copies the model files (after checking their sha256; a format-1 folder's ``model.keras`` is
+    rewritten in Keras' directory layout, with bit-identical logits) and the history, and writes
     README.md, the model card, whose every relative link must resolve inside the folder. Returns the
     folder. On any failure the partly written folder is removed and a ``PublishError`` raised.
     """
     output_dir = Path(output_dir)
     with fresh_output_dir(output_dir, "the repo folder", (ModelLoadError, OSError, ValueError)):
-        source = load_model(model_source).folder  # config valid, every sha256 checked
-        read_config(source)  # a clear error before anything is copied; the copy's sha256 are checked below
+        source = load_model(model_source).folder  # config valid, every sha256 checked, before anything is copied
         output_dir.mkdir(parents=True, exist_ok=True)
         for path in repo_files(source):
             dest = output_dir / path.relative_to(source)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, dest)
+        copy = ModelFolder.open(output_dir)  # every sha256 of the copy checked
+        if not copy.config.keras_directory:  # a format-1 folder: Keras' hf:// reads only its directory layout
+            copy.upgrade()
         if isinstance(card_body, Path):
             card_body = localise_card_links(card_body.read_text(), card_body.parent, source, output_dir)
         card = build_model_card(output_dir, repo_id, card_body=card_body, revision=revision, base_model=base_model)

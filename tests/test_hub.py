@@ -404,7 +404,7 @@ def test_bad_repo_id_is_refused_by_the_parser(capsys):
 
 
 def test_the_dry_run_card_json_is_consistent_with_config(small_model, tmp_path):
-    """config.json in the repo folder is the model's own (sha256 and metrics unchanged)."""
+    """The config in the repo folder is the model's own (sha256 and metrics unchanged)."""
     out = hub.assemble_repo_folder(small_model, tmp_path / "r", "org/name")
     assert json.loads(config_path(out).read_text())["metrics"]["test"] == TEST_METRICS
 
@@ -539,6 +539,69 @@ def test_the_card_snippet_from_the_published_readme_prints_a_probability_offline
     expected = skinmole.predict(image, model=load_model(BUNDLED_MODEL))
     assert float(printed.group(1)) == pytest.approx(expected.malignant_probability, abs=5e-4)
     assert printed.group(2) == expected.label
+
+
+BOTH_LOADERS = r"""
+import json, sys
+import numpy as np
+import keras
+import skinmole
+from skinmole.images import load_image, to_model_input
+
+repo = sys.argv[1]
+model = skinmole.load_model(repo, engine="keras")
+network = keras.saving.load_model(f"hf://{repo}")
+pixels = np.stack([to_model_input(load_image(p), model.input_size) for p in sys.argv[2:]])
+print(json.dumps({
+    "folder": str(model.folder),
+    "keras_hf": np.asarray(network.predict_on_batch(pixels.astype(np.float32))).tolist(),
+    "skinmole_keras": np.asarray(model.engine.run(pixels)[0]).tolist(),
+    "skinmole_onnx": np.asarray(skinmole.load_model(repo, engine="onnx").engine.run(pixels)[0]).tolist(),
+}))
+"""
+
+
+def test_keras_hf_and_skinmole_load_the_same_published_repo_offline_with_the_same_logits(published, tmp_path):
+    """``keras.saving.load_model("hf://ORG/NAME")`` and ``skinmole.load_model("ORG/NAME")`` on the
+    published folder, from one offline Hugging Face cache (HF_HOME, HF_HUB_OFFLINE=1, no network)."""
+    from skinmole.sample_images import sample_paths
+
+    keras_config = json.loads((published / "config.json").read_text())
+    assert keras_config["class_name"] == "Functional"  # Keras' own config.json, not skinmole's
+    assert {"metadata.json", "model.weights.h5", "skinmole.json", "model.onnx"} <= {
+        p.name for p in published.iterdir()}
+    home = tmp_path / "hf-home"
+    snapshot = populate_cache(home / "hub", "org/skinmole", published)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    images = [str(p) for p in sample_paths()]
+    run = subprocess.run([sys.executable, "-c", BOTH_LOADERS, "org/skinmole", *images], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert Path(out["folder"]) == snapshot
+    keras_hf, ours = np.array(out["keras_hf"]), np.array(out["skinmole_keras"])
+    assert keras_hf.shape == (len(images), 7) and np.ptp(keras_hf) > 0
+    np.testing.assert_allclose(keras_hf, ours, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(keras_hf, np.array(out["skinmole_onnx"]), rtol=0, atol=1e-4)
+
+
+def test_a_format_1_folder_is_published_in_keras_directory_layout(tiny_folder, tiny_keras_model, tmp_path):
+    """model.keras + skinmole's config.json (format 1) goes out as Keras' directory layout plus
+    skinmole.json, so Keras' hf:// loads it too; the source folder is left as it was."""
+    from test_model import _legacy_folder  # the format-1 folder the model tests build
+
+    legacy = _legacy_folder(tiny_folder, tiny_keras_model, tmp_path / "legacy")
+    before = {p.name: p.read_bytes() for p in legacy.iterdir()}
+    out = hub.assemble_repo_folder(legacy, tmp_path / "repo", "org/tiny")
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "metadata.json", "model.weights.h5", "skinmole.json"} <= names
+    assert "model.keras" not in names
+    assert json.loads((out / "config.json").read_text())["class_name"] == "Functional"
+    assert {p.name: p.read_bytes() for p in legacy.iterdir()} == before
+    x = np.random.default_rng(1).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)
+    published_logits, _ = load_model(out, engine="keras").engine.run(x)
+    np.testing.assert_array_equal(published_logits, load_model(legacy, engine="keras").engine.run(x)[0])
 
 
 # ----------------------------------------------------------------------------------- metadata checks
