@@ -159,7 +159,7 @@ def make_engine(folder, choice: str = "auto", keras_model=None):
     if not config.onnx_file:
         raise ModelLoadError(
             f"{folder.path}: engine='onnx' but the model folder has no ONNX file; "
-            f"add one with: python scripts/export_onnx.py --model {folder.path}"
+            f"add one with: skinmole export-onnx --model {folder.path}"
         )
     import_onnxruntime()  # before reading 13 MB: a missing onnxruntime is said first
     engine = OnnxEngine(folder.read_verified(config.onnx_file), name=f"{folder.path}/{config.onnx_file}")
