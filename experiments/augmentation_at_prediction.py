@@ -14,7 +14,6 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from skinmole import load_model
-from skinmole.calibration import malignant_probability, probabilities
 from skinmole.data import ham10000_labels, load_pixels, read_csv
 from skinmole.engines import run_in_batches
 
@@ -43,7 +42,7 @@ def main() -> None:
     for name, view in VIEWS.items():
         v = np.ascontiguousarray(view(x))
         logits = run_in_batches(model.engine, v)[0]
-        scores[name] = malignant_probability(probabilities(logits, model.temperature), model.class_names, model.malignant_classes)
+        scores[name] = model.head.malignant_probability(logits)
         print(f"{args.split} ROC AUC, {name:16s} {roc_auc_score(s.y, scores[name]):.4f}")
     four = np.mean([scores[k] for k in list(VIEWS)[:4]], axis=0)
     print(f"{args.split} ROC AUC, mean of 4 flips   {roc_auc_score(s.y, four):.4f}")

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         for j, i in enumerate(preds.index):
             pm = float(preds.p_malignant[j])
             row = [labelled.paths[i].name, labelled.labels[i], sub.dx[j] if sub.dx else "", f"{pm:.6f}",
-                   "malignant" if pm >= model.threshold else "benign"]
+                   model.head.label(pm)]
             row += [f"{v:.6f}" for v in (preds.dx_probs[j] if preds.dx_probs is not None else [])]
             w.writerow(row)
     plots = evaluation.plot_metrics(metrics, out, title=key)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import BINARY_CLASSES as BINARY_NAMES
+from .head import is_malignant
 
 N_BOOTSTRAP = 1000
 ECE_BINS = 15
@@ -137,7 +138,7 @@ def sensitivity_specificity(y, p, threshold: float) -> dict:
     interval are None when its class is absent.
     """
     y, p = _arrays(y, p)
-    pred = p >= threshold
+    pred = is_malignant(p, threshold)
     tp, fn = int(np.sum(pred & (y == 1))), int(np.sum(~pred & (y == 1)))
     tn, fp = int(np.sum(~pred & (y == 0))), int(np.sum(pred & (y == 0)))
     return {
@@ -344,7 +345,7 @@ def compute_metrics(y, p, threshold: float, *, dx_true=None, dx_pred=None, dx_na
     matrix and balanced accuracy; ``metadata`` (columns sex, age, localization) adds subgroups.
     """
     y, p = _arrays(y, p)
-    pred = (p >= threshold).astype(np.int64)
+    pred = is_malignant(p, threshold).astype(np.int64)
     ss = sensitivity_specificity(y, p, threshold)
     out = {
         "n": int(len(y)),

@@ -17,9 +17,14 @@ from .errors import ModelLoadError
 MALIGNANT, BENIGN = "malignant", "benign"
 
 
+def is_malignant(p, threshold: float):
+    """The operating rule, the one place it is written: P(malignant) >= threshold (number or array)."""
+    return np.asarray(p) >= threshold
+
+
 def label_at(p, threshold: float):
-    """The label rule: malignant when P(malignant) >= threshold (for a number or an array)."""
-    above = np.asarray(p) >= threshold
+    """The label by that rule: ``"malignant"`` or ``"benign"`` (a string, or an array of them)."""
+    above = is_malignant(p, threshold)
     if above.ndim == 0:
         return MALIGNANT if bool(above) else BENIGN
     return np.where(above, MALIGNANT, BENIGN)
