@@ -310,10 +310,10 @@ def _start_ray(ray, address: str | None, workers: int | None) -> bool:
     import logging
 
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:
         ray.init(num_cpus=workers, object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=False)
+                 logging_level=logging.ERROR, log_to_driver=False)
     return True
 
 
@@ -329,13 +329,17 @@ def _fault_tolerance(ray) -> dict:
     return {}
 
 
+def _blocks(n: int, workers: int, batch_size: int) -> int:
+    """Tasks for ``n`` inputs: one batch each (a retry redoes one batch), at least one per worker."""
+    return math.ceil(n / max(1, min(batch_size, math.ceil(n / workers))))
+
+
 def _dataset(ray, paths: list[str], model_source, workers: int, batch_size: int):
     import warnings
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    blocks = max(1, math.ceil(len(paths) / batch_size))  # one batch per task: a retry redoes one batch
-    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=_blocks(len(paths), workers, batch_size))
     with warnings.catch_warnings():  # the remote arguments' deprecation notice (see _fault_tolerance)
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         return ds.map_batches(
@@ -389,6 +393,7 @@ def score(source, output, *, model=None, address: str | None = None, workers: in
         ours = _start_ray(ray, address, workers or cpu_cores())
         try:
             n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            n_workers = min(n_workers, _blocks(len(todo), n_workers, batch_size))  # no idle workers
             report.workers = n_workers
             writer = PartWriter(parts_folder(output), schema)
             batches = _dataset(ray, todo, source_model, n_workers, batch_size).iter_batches(
