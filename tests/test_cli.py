@@ -243,6 +243,20 @@ def test_stdin_paths_mix_with_arguments_and_blank_lines_are_skipped(capsys, monk
     assert [r["input"] for r in json_lines(capsys.readouterr().out)] == [a, b, c, a]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_a_named_pipe_in_a_folder_is_an_error_line_not_a_hang(tmp_path):
+    """A FIFO named like an image would block a reader forever: it is refused, the rest answered."""
+    shutil.copy2(sample_paths()[0], tmp_path / "a.jpg")
+    os.mkfifo(tmp_path / "b.jpg")
+    shutil.copy2(sample_paths()[1], tmp_path / "c.jpg")
+    run = subprocess.run(_command() + ["predict", str(tmp_path), "--json", NO_GATE], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 2, run.stderr
+    records = json_lines(run.stdout)
+    assert [Path(r["input"]).name for r in records] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert "error" in records[1] and "error" not in records[0] and "error" not in records[2]
+
+
 def test_an_empty_folder_is_said_and_exits_2(capsys, tmp_path):
     (tmp_path / "readme.txt").write_text("no images here")
     assert main(["predict", str(tmp_path), "--json"]) == 2
