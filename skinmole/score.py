@@ -61,8 +61,10 @@ def list_inputs(source) -> list[str]:
         paths = sorted(p for p in glob.glob(text, recursive=True) if os.path.isfile(p))
     elif os.path.isfile(text) and Path(text).suffix.lower() not in IMAGE_SUFFIXES:
         paths = _listed_paths(Path(text))
+    elif os.path.lexists(text):
+        paths = [text]  # one image file (unreadable ones become error rows)
     else:
-        paths = [text]  # one image file, or a missing one that becomes an error row
+        raise ScoreError(f"{text}: no such file or folder, and no file matches it as a glob pattern")
     if not paths:
         raise ScoreError(f"{text}: no image files found")
     return list(dict.fromkeys(os.path.abspath(p) for p in paths))

@@ -126,6 +126,19 @@ def test_sources_that_name_nothing_are_refused(tmp_path):
     (tmp_path / "list.csv").write_text("file,dx\na.jpg,nv\n")
     with pytest.raises(ScoreError, match="'path' or 'image' column"):
         list_inputs(tmp_path / "list.csv")
+    with pytest.raises(ScoreError, match="no such file or folder"):
+        list_inputs(tmp_path / "typo")
+    with pytest.raises(ScoreError, match="no image files"):
+        list_inputs(str(tmp_path / "*.jpg"))
+
+
+@needs_ray
+def test_the_cli_says_what_cannot_start_before_ray_starts(tmp_path, capsys):
+    assert cli.main(["score", str(tmp_path / "typo"), "-o", str(tmp_path / "out.parquet")]) == 2
+    assert "typo: no such file or folder" in capsys.readouterr().err
+    assert cli.main(["score", str(SAMPLES[0]), "-o", str(tmp_path / "no" / "out.parquet")]) == 2
+    assert "no such folder for the output" in capsys.readouterr().err
+    assert not (tmp_path / "out.parquet").exists()
 
 
 def test_a_worker_batch_is_the_answer_of_predict(archive, bundled):
