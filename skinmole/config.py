@@ -205,10 +205,6 @@ class ModelConfig:
         """The digest of the file holding the Keras weights (one value to quote)."""
         return self.sha256[self.weights_files[-1]]
 
-    def get(self, key: str, default=None):
-        """A value of the written form (``to_dict()``), for readers that want a key by name."""
-        return self.to_dict().get(key, default)
-
     def with_changes(self, **changes) -> "ModelConfig":
         """A copy with fields replaced, validated as if parsed (``quality`` may be a dict)."""
         if isinstance(changes.get("quality"), Mapping):

@@ -131,6 +131,34 @@ def test_keras_reads_the_folder_itself_with_the_same_logits(tiny_folder):
     assert np.abs(np.asarray(ours) - onnx_logits).max() <= 1e-4 and np.abs(logits).max() > 0
 
 
+HF_LOAD = """
+import sys
+import numpy as np
+import keras
+import skinmole
+x = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 3)).astype("float32")
+ours = skinmole.load_model("org/tiny", engine="keras").keras_model.predict_on_batch(x)
+theirs = keras.saving.load_model("hf://org/tiny", compile=False).predict_on_batch(x)
+print(float(np.abs(np.asarray(ours) - np.asarray(theirs)).max()), float(np.abs(np.asarray(ours)).max()))
+"""
+
+
+def test_a_published_copy_loads_in_keras_as_hf_and_in_skinmole_as_a_repo_id(tiny_folder, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from hfcache import populate_cache
+
+    cache = tmp_path / "hf-cache"
+    populate_cache(cache, "org/tiny", tiny_folder)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_TOKEN": ""}
+    res = subprocess.run([sys.executable, "-c", HF_LOAD], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    diff, scale = map(float, res.stdout.split()[-2:])
+    assert diff == 0.0 and scale > 0
+
+
 def _legacy_folder(tiny_folder, tiny_keras_model, dest: Path) -> Path:
     """The tiny model in format 1: skinmole's config.json beside model.keras."""
     dest.mkdir()
