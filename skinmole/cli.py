@@ -3,7 +3,8 @@
 ``skinmole predict`` streams its inputs (files, folders searched recursively, ``-`` for paths on stdin)
 through ``iter_predict`` one batch at a time and writes each batch's lines as soon as they are done,
 so a whole data set in one call keeps memory flat and output flowing. An unreadable input gets an
-error line and the rest are still answered. The JSON lines are a contract (see ``JSON_KEYS``).
+error line and the rest are still answered. The JSON lines are a contract (``PREDICT_EXAMPLES``
+says it; ``Prediction.to_dict()`` plus ``input``).
 
 Only argparse/json/signal at import time: the model and its engine load when a command needs them,
 and the other subcommands' modules (TensorFlow, Gradio) load only when they are run.
@@ -19,10 +20,10 @@ import signal
 import stat
 import sys
 import time
-from pathlib import Path
 
 from . import __version__
 from .commands import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, positive_int
+
 NAME_WIDTH_MAX = 48
 PROGRESS_AFTER_S = 2.0   # a run longer than this shows a progress count (stderr on a terminal only)
 PROGRESS_EVERY_S = 0.5
