@@ -14,14 +14,13 @@ import os
 import threading
 from pathlib import Path
 
-from .config import SKINMOLE_FILE, ModelConfig
+from .config import ModelConfig
 from .download import download_model, looks_like_repo_id
 from .errors import ModelLoadError
 from .head import Head
 from .model_folder import ModelFolder, sha256_file
 
 BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "default"
-CONFIG_FILE = SKINMOLE_FILE  # skinmole's config in a model folder (format 1 folders: config.json)
 
 __all__ = ["BUNDLED_MODEL", "ModelLoadError", "SkinmoleModel", "load_model", "read_config", "save_model_folder",
            "sha256_file"]
