@@ -64,23 +64,38 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
-def tree_memory_mb(pid: int) -> tuple[float, float, int]:
-    """(sum of RSS, sum of PSS, processes) of ``pid`` and its descendants, in MB."""
-    kids, todo, rss, pss, count = _children(), [pid], 0, 0, 0
+def tree_memory_mb(pid: int) -> dict[int, tuple[str, float, float]]:
+    """``{pid: (name, RSS MB, PSS MB)}`` for ``pid`` and its descendants."""
+    kids, todo, out = _children(), [pid], {}
     while todo:
         p = todo.pop()
         todo += kids.get(p, [])
         try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                name = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            rss = pss = 0
             with open(f"/proc/{p}/smaps_rollup") as f:
                 for line in f:
                     if line.startswith("Rss:"):
-                        rss += int(line.split()[1])
+                        rss = int(line.split()[1])
                     elif line.startswith("Pss:"):
-                        pss += int(line.split()[1])
-            count += 1
+                        pss = int(line.split()[1])
         except OSError:  # gone, or not ours to read
             continue
-    return rss / 1024, pss / 1024, count
+        out[p] = (_short(name), rss / 1024, pss / 1024)
+    return out
+
+
+def _short(cmdline: str) -> str:
+    """A process's name for the report: Ray's title (``ray::...``) or the program's file name."""
+    if cmdline.startswith("ray::"):
+        return cmdline.split()[0]
+    words = cmdline.split() or ["?"]
+    if os.path.basename(words[0]).startswith("python"):  # a Python program: its script, or the command
+        if len(words) > 1 and words[1] == "-c":
+            return "skinmole (the command)"
+        return os.path.basename(next((w for w in words[1:] if not w.startswith("-")), words[0]))
+    return os.path.basename(words[0])
 
 
 def run_measured(args: list[str], stdin_text: str | None = None) -> dict:
@@ -89,13 +104,17 @@ def run_measured(args: list[str], stdin_text: str | None = None) -> dict:
     proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     peak = {"rss_mb": 0.0, "pss_mb": 0.0, "processes": 0}
+    by_process: dict[int, tuple[str, float]] = {}  # the peak RSS of each process
     lines: list[tuple[float, str]] = []
 
     def sample():
         while proc.poll() is None:
-            rss, pss, count = tree_memory_mb(proc.pid)
+            tree = tree_memory_mb(proc.pid)
+            rss, pss = sum(t[1] for t in tree.values()), sum(t[2] for t in tree.values())
             peak["rss_mb"], peak["pss_mb"] = max(peak["rss_mb"], rss), max(peak["pss_mb"], pss)
-            peak["processes"] = max(peak["processes"], count)
+            peak["processes"] = max(peak["processes"], len(tree))
+            for p, (name, p_rss, _) in tree.items():
+                by_process[p] = (name, max(p_rss, by_process.get(p, (name, 0.0))[1]))
             time.sleep(SAMPLE_EVERY_S)
 
     def read_stderr():
@@ -113,7 +132,10 @@ def run_measured(args: list[str], stdin_text: str | None = None) -> dict:
     for t in threads:
         t.join(timeout=5)
     return {"exit": code, "seconds": round(seconds, 2), "peak_tree_rss_mb": round(peak["rss_mb"], 1),
-            "peak_tree_pss_mb": round(peak["pss_mb"], 1), "peak_processes": peak["processes"], "stderr": lines}
+            "peak_tree_pss_mb": round(peak["pss_mb"], 1), "peak_processes": peak["processes"],
+            "peak_rss_mb_by_process": sorted(([name, round(mb, 1)] for name, mb in by_process.values()),
+                                             key=lambda x: -x[1]),
+            "stderr": lines}
 
 
 def steady_rate(lines: list[tuple[float, str]]) -> float | None:
