@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import pytest
 
 from skinmole.model import BUNDLED_MODEL, read_config
 
-from helpers import ROOT
+from helpers import ROOT, copy_model_folder
 
 SAMPLES = ROOT / "skinmole" / "samples"
 
@@ -24,8 +23,7 @@ def onnx_folder(tmp_path_factory):
     pytest.importorskip("onnx", reason="ONNX export needs the 'onnx' package (dev extra)")
     from skinmole.onnx_export import export_model_folder
 
-    folder = tmp_path_factory.mktemp("bench") / "model"
-    shutil.copytree(BUNDLED_MODEL, folder)
+    folder = copy_model_folder(BUNDLED_MODEL, tmp_path_factory.mktemp("bench") / "model")
     export_model_folder(folder)
     return folder
 

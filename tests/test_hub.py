@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -158,8 +157,7 @@ def test_dry_run_of_the_bundled_model_without_output_leaves_nothing(tmp_path, mo
 
 
 def test_assembly_failure_removes_the_partial_output(small_model, tmp_path, capsys):
-    bad = tmp_path / "bad"
-    shutil.copytree(small_model, bad)
+    bad = copy_model_folder(small_model, tmp_path / "bad")
     tamper(bad / "model.weights.h5")
     out = tmp_path / "out"
     assert publish.main(["--repo-id", "org/name", "--model", str(bad), "--dry-run", "--output", str(out)]) == 1
@@ -191,8 +189,7 @@ def test_load_model_from_the_hf_cache_offline_gives_the_same_predictions(
 
 
 def test_a_pinned_revision_resolves_by_branch_and_by_commit(hf_offline, small_model, tmp_path):
-    other = tmp_path / "v2"
-    shutil.copytree(small_model, other)
+    other = copy_model_folder(small_model, tmp_path / "v2")
     config = read_config(other)
     config["version"] = "2.0-marker"
     write_config(other, config)
@@ -413,8 +410,7 @@ def test_model_card_md_links_are_made_to_work_in_the_repo(small_model, tmp_path)
     """MODEL_CARD.md's links: a model-folder file maps to its repo path, other images are copied into
     card_assets/<their folder>/ (two roc.png of two splits stay two files), and the card's text is
     otherwise unchanged."""
-    model = tmp_path / "checkout" / "models" / "m"
-    shutil.copytree(small_model, model)
+    model = copy_model_folder(small_model, tmp_path / "checkout" / "models" / "m")
     for split in ("test", "val"):
         (tmp_path / "checkout" / "reports" / f"m-{split}").mkdir(parents=True)
         (tmp_path / "checkout" / "reports" / f"m-{split}" / "roc.png").write_bytes(b"\x89PNG roc " + split.encode())
