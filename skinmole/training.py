@@ -22,6 +22,7 @@ from .calibration import (
 )
 from .augmentation import augmentation
 from .data import BINARY_CLASSES, DX_CLASSES, DX_NAMES, MALIGNANT_DX, LabelledSet, load_pixels, load_set
+from .distribute import distribution
 from .model import save_model_folder
 
 HAM10000_CITATION = (
@@ -69,6 +70,9 @@ class TrainOptions:
     # Checkpoint every epoch under OUTPUT/checkpoint and resume from there when run again with the
     # same command (a run may span sessions); the checkpoint is removed when the folder is written.
     resume: bool = True
+    # "none" (one device), "mirrored" (every local GPU) or "multi-worker" (machines named in TF_CONFIG);
+    # --batch-size stays the global batch, so the learning rate is unchanged (skinmole.distribute).
+    distribute: str = "none"
     verbose: int = 2
 
 
@@ -185,6 +189,7 @@ def train(opts: TrainOptions) -> Path:
 
     from . import architectures
 
+    dist = distribution(opts.distribute)  # before TensorFlow runs anything (multi-worker start-up)
     keras.utils.set_random_seed(opts.seed)
     out = Path(opts.output)
     train_set, val_set = _split_sets(opts)
@@ -203,7 +208,10 @@ def train(opts: TrainOptions) -> Path:
     x_val = load_pixels(val_set, opts.input_size, opts.cache_dir) if val_set else None
     _log(f"pixels ready: {x_train.shape}")
 
-    model = architectures.build(opts.architecture, opts.input_size, n_out, colour_constancy=opts.colour_constancy)
+    if dist.strategy is not None:
+        _log(f"distributed: {dist.describe()}; global batch {opts.batch_size}")
+    with dist.scope():  # the model's, the augmentation's and the optimizer's variables: one copy per replica
+        model = architectures.build(opts.architecture, opts.input_size, n_out, colour_constancy=opts.colour_constancy)
     lite0 = opts.architecture == "efficientnet-lite0"
     pretrained = opts.pretrained and lite0 and not opts.init_weights  # ImageNet start
     if pretrained:
@@ -212,7 +220,9 @@ def train(opts: TrainOptions) -> Path:
         _load_initial_weights(model, opts.init_weights)
     fine_tuning = pretrained or bool(opts.init_weights)  # a trained backbone: lower rate, BatchNorm frozen
     inputs = keras.Input(model.input_shape[1:], name="pixels")
-    train_model = keras.Model(inputs, model(augmentation(opts.seed, opts.augment)(inputs)), name="training")
+    with dist.scope():
+        train_model = keras.Model(inputs, model(augmentation(opts.seed, opts.augment)(inputs)), name="training")
+    dist.prepare(train_model)
 
     def targets(y):
         return keras.utils.to_categorical(y, n_out) if use_dx else y[:, None].astype("float32")
@@ -233,7 +243,7 @@ def train(opts: TrainOptions) -> Path:
 
     history: list[dict] = []
     best = {"auc": -1.0, "weights": None, "epoch": 0}
-    ckpt = Checkpoint(out / "checkpoint", opts) if opts.resume else None
+    ckpt = Checkpoint(dist.checkpoint_folder(out), opts) if opts.resume else None
     done_phases: set[str] = set()
     if ckpt is not None:
         done_phases = ckpt.restore(model, history, best)
@@ -241,7 +251,9 @@ def train(opts: TrainOptions) -> Path:
     def val_auc() -> float:
         from sklearn.metrics import roc_auc_score
 
-        logits = model.predict(x_val, batch_size=256, verbose=0)
+        if not dist.chief:
+            return float("nan")  # the chief keeps the best epoch: its weights are the ones saved
+        logits = dist.local_predict(model, x_val, batch_size=256)
         p = malignant_probability(probabilities(logits), class_names, malignant)
         return float(roc_auc_score(y_val_bin, p))
 
@@ -279,7 +291,8 @@ def train(opts: TrainOptions) -> Path:
         if fine_tuning and lite0:
             _set_backbone_trainable(model, trainable)
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.02)
-        train_model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=loss, metrics=["accuracy"])
+        with dist.scope():
+            train_model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=loss, metrics=["accuracy"])
         _log(f"{phase}: {epochs} epochs at lr {lr}")
         train_model.fit(
             x_train, targets(y_train), batch_size=opts.batch_size, epochs=epochs, shuffle=True,
@@ -290,6 +303,11 @@ def train(opts: TrainOptions) -> Path:
         if ckpt is not None:
             ckpt.phase_done(phase, model)
     train_seconds = time.time() - started
+    if not dist.chief:  # every worker trained in step; the chief alone calibrates and writes the folder
+        dist.finish_worker(out)
+        _log(f"worker {dist.worker} done; the chief writes {out}")
+        return out
+    model = dist.plain_model(model)  # the steps below run in this process alone
     if best["weights"] is not None:
         model.set_weights(best["weights"])
     if val_set is None:
@@ -379,7 +397,8 @@ class Checkpoint:
 
     def __init__(self, folder: Path, opts: TrainOptions):
         self.folder = Path(folder)
-        self.options = {k: v for k, v in asdict(opts).items() if k not in ("verbose", "cache_dir", "resume", "output")}
+        self.options = {k: v for k, v in asdict(opts).items()
+                        if k not in ("verbose", "cache_dir", "resume", "output", "distribute")}
         self.state_file = self.folder / "state.json"
 
     def restore(self, model, history: list, best: dict) -> set[str]:
