@@ -166,6 +166,13 @@ def _check_keras(folder: ModelFolder, keras_model) -> None:
     if keras_model.output_shape[-1] != c.n_logits:
         raise ModelLoadError(f"{folder.path}: class_names: the Keras model answers {keras_model.output_shape[-1]} "
                              f"logits, the config's head needs {c.n_logits}")
+    try:
+        features = keras_model.get_layer("features").output.shape[-1]
+    except ValueError as exc:
+        raise ModelLoadError(f"{folder.path}: the Keras model has no 'features' layer (the gate's input)") from exc
+    if c.quality and features != c.quality.feature_dim:
+        raise ModelLoadError(f"{folder.path}: quality: feature_dim is {c.quality.feature_dim}, the Keras model's "
+                             f"features have {features}")
 
 
 def read_config(folder) -> dict:

@@ -281,12 +281,13 @@ INVALID = {
 }
 
 
+@pytest.mark.parametrize("engine", ["auto", "keras"])
 @pytest.mark.parametrize("case", sorted(INVALID))
-def test_every_value_is_validated_at_load_naming_the_field(tiny_copy, case):
+def test_every_value_is_validated_at_load_naming_the_field(tiny_copy, case, engine):
     change, field = INVALID[case]
     edit_config(tiny_copy, change)
     with pytest.raises(ModelLoadError) as info:
-        load_model(tiny_copy)
+        load_model(tiny_copy, engine=engine)
     assert field in str(info.value).replace(str(tiny_copy), "<folder>"), info.value
 
 
