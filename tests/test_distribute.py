@@ -134,6 +134,50 @@ def _class_folders(root: Path, per_class: int = 40) -> Path:
     return root
 
 
+TRAIN_MIRRORED = r"""
+import sys
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from skinmole.training import TrainOptions, train
+
+train(TrainOptions(data=sys.argv[1], output=sys.argv[2], distribute="mirrored", architecture="simple-cnn",
+                   input_size=32, head="binary", batch_size=8, epochs=1, warmup_epochs=0, cache_dir=None, verbose=0))
+"""
+
+
+def _assert_one_model_folder(models: Path, data: Path, distribute: str) -> None:
+    """``models`` holds one loadable model folder, ``model``, whose val AUC is that of its own weights."""
+    assert sorted(p.name for p in models.iterdir()) == ["model"]  # no other worker's copy, no checkpoint
+    out = models / "model"
+    assert not (out / "checkpoint").exists()
+    config = json.loads((out / "skinmole.json").read_text())
+    assert config["training"]["distribute"] == distribute
+    history = json.loads((out / "history.json").read_text())
+    # The epoch's val AUC was measured on the weights the folder holds (replica 0's, BatchNorm
+    # statistics included): the calibration step gets the same AUC (binary head: temperature keeps the order).
+    assert history[-1]["val_auc"] == pytest.approx(config["metrics"]["val"]["roc_auc"], abs=1e-6)
+
+    from skinmole import load_model, predict
+
+    model = load_model(out)
+    assert model.input_size == 32
+    pred = predict(sorted((data / "malignant").iterdir())[0], model, check_quality=False)
+    assert 0.0 <= pred.malignant_probability <= 1.0
+
+
+def test_train_mirrored_on_two_devices_writes_a_model_folder(tmp_path):
+    data = _class_folders(tmp_path / "data")
+    models = tmp_path / "models"
+    models.mkdir()
+    proc = subprocess.run([sys.executable, "-c", TRAIN_MIRRORED, str(data), str(models / "model")],
+                          capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=tmp_path, env=ENV)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "mirrored: 2 replicas in sync" in proc.stdout
+    _assert_one_model_folder(models, data, "mirrored")
+
+
 def test_two_workers_train_together_and_only_the_chief_writes_the_model_folder(tmp_path):
     data = _class_folders(tmp_path / "data")
     models = tmp_path / "models"
@@ -165,18 +209,4 @@ def test_two_workers_train_together_and_only_the_chief_writes_the_model_folder(t
     # The chief alone keeps the best epoch, on its own weights: no worker waits on another for it.
     assert re.search(r"val_auc \d\.\d+", logs[0]) and "val_auc nan" in logs[1]
 
-    assert sorted(p.name for p in models.iterdir()) == ["model"]  # the other worker's copy is gone
-    assert not (out / "checkpoint").exists()
-    config = json.loads((out / "skinmole.json").read_text())
-    assert config["training"]["distribute"] == "multi-worker"
-    history = json.loads((out / "history.json").read_text())
-    # The epoch's val AUC was measured on the weights the folder holds (the chief's, BatchNorm
-    # statistics included): the calibration step gets the same AUC (binary head: temperature keeps the order).
-    assert history[-1]["val_auc"] == pytest.approx(config["metrics"]["val"]["roc_auc"], abs=1e-6)
-
-    from skinmole import load_model, predict
-
-    model = load_model(out)
-    assert model.input_size == 32
-    pred = predict(sorted((data / "malignant").iterdir())[0], model, check_quality=False)
-    assert 0.0 <= pred.malignant_probability <= 1.0
+    _assert_one_model_folder(models, data, "multi-worker")
