@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python demo/app.py
+	$(BIN)/skinmole demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

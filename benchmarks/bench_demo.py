@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Latency of the Gradio demo under concurrent visitors: p50/p95 of a full /predict request.
 
-Starts demo/app.py in-process on a free port (or uses --url), then runs --clients concurrent
+Starts the demo (skinmole.demo_app) in-process on a free port (or uses --url), then runs --clients concurrent
 gradio_client clients, each sending --per-client real images (HAM10000 test split when the data set
 is found, else the bundled samples) and timing each request end to end (upload + queue + predict +
 Grad-CAM + response). Prints the summary and writes it as JSON. A benchmark, not a test.
@@ -13,7 +13,6 @@ Grad-CAM + response). Prints the summary and writes it as JSON. A benchmark, not
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -46,11 +45,10 @@ def _images(n: int) -> tuple[list[Path], str]:
 
 
 def _start_app(model_source):
-    spec = importlib.util.spec_from_file_location("skinmole_demo_app", ROOT / "demo" / "app.py")
-    demo = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = demo
-    spec.loader.exec_module(demo)
-    model = demo.skinmole.load_model(model_source)
+    import skinmole
+    from skinmole import demo_app as demo
+
+    model = skinmole.load_model(model_source)
     app = demo.build_app(model)  # warms the model up before the first visitor
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -69,7 +67,7 @@ def main(argv=None) -> int:
                     help="model source for the started demo (default: SKINMOLE_MODEL or the bundled model)")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--per-client", type=int, default=5, help="images each client sends, one after another")
-    ap.add_argument("--output", default=str(ROOT / "demo" / "bench_latency.json"))
+    ap.add_argument("--output", default=str(ROOT / "reports" / "demo-latency.json"))
     args = ap.parse_args(argv)
 
     from gradio_client import Client, handle_file

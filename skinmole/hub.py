@@ -32,6 +32,7 @@ EXTRA_PATTERNS = ["history.png", "history.csv"]
 # Remote files one publish replaces (deleted in the same commit unless the new folder has them), so a
 # repo never mixes files of two versions; anything else a maintainer added on the Hub is kept.
 MODEL_REPO_MANAGED = ["README.md", "card_assets/*", "plots/*", "*.png"] + MODEL_PATTERNS + EXTRA_PATTERNS
+# "demo/*": the demo app's folder in Spaces published before it moved into the package, deleted.
 SPACE_REPO_MANAGED = ["README.md", "app.py", "requirements.txt", "skinmole/*", "demo/*"]
 
 LICENSE = "cc-by-nc-4.0"

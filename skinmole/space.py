@@ -1,8 +1,8 @@
 """The Hugging Face Space folder: the Gradio demo, serving a published model by its repo id.
 
-The folder is self-contained: ``app.py`` (sets ``SKINMOLE_MODEL`` to the model repo, then runs the
-repo's ``demo/app.py``, copied under ``demo/``), the ``skinmole`` source package vendored without its
-bundled weights (so ``import skinmole`` is this very version and the model comes from the Hub),
+The folder is self-contained: ``app.py`` (sets ``SKINMOLE_MODEL`` to the model repo, then runs
+``skinmole.demo_app.main()``), the ``skinmole`` source package vendored without its bundled weights
+(so ``import skinmole`` is this very version, demo included, and the model comes from the Hub),
 ``requirements.txt`` pinned to the versions installed here, and ``README.md`` with the Space front
 matter (``sdk: gradio`` pinned to the installed Gradio). ``python app.py`` from inside it runs it.
 """
@@ -33,17 +33,17 @@ to the published model repo; set it in the Space's variables to serve another on
 """
 
 import os
-import runpy
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 os.environ.setdefault("SKINMOLE_MODEL", {repo_id!r})
 if os.environ.get("SPACE_ID"):  # on Hugging Face Spaces: listen where the Space's proxy looks
     os.environ.setdefault("GRADIO_SERVER_NAME", "0.0.0.0")
-# Run the demo as `python demo/app.py` would: its folder first on sys.path, then this folder (which
-# holds the vendored `skinmole` package).
-sys.path[:0] = [os.path.join(HERE, "demo"), HERE]
-runpy.run_path(os.path.join(HERE, "demo", "app.py"), run_name="__main__")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the vendored `skinmole` package
+
+from skinmole.demo_app import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
 '''
 
 
@@ -120,7 +120,7 @@ HAM10000 training data, which image regions drove the answer (Grad-CAM), and how
 
 - Model: [{model_repo}](https://huggingface.co/{model_repo}) (its model card has the test metrics and
   the operating threshold, which the demo states too); change it with the Space variable `SKINMOLE_MODEL`.
-- Code: skinmole {__version__}, vendored in `skinmole/`; the app is the project's `demo/app.py`.
+- Code: skinmole {__version__}, vendored in `skinmole/`; the app is `skinmole/demo_app.py`.
 - Data: HAM10000 ({HAM10000_DOI}), CC BY-NC 4.0: Tschandl, P., Rosendahl, C. & Kittler, H. The HAM10000
   dataset, a large collection of multi-source dermatoscopic images of common pigmented skin lesions.
   Sci. Data 5, 180161 (2018). Non-commercial use only.
@@ -128,25 +128,19 @@ HAM10000 training data, which image regions drove the answer (Grad-CAM), and how
     return SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
-def assemble_space_folder(output_dir, space_id: str, model_repo: str, *, demo_dir=None) -> Path:
+def assemble_space_folder(output_dir, space_id: str, model_repo: str) -> Path:
     """Write the Space folder for ``space_id`` serving ``model_repo`` into ``output_dir`` (new or empty).
 
-    ``demo_dir``: the folder holding the demo's ``app.py`` (default: ``demo/`` next to the package in
-    a source checkout). On failure the partly written folder is removed and ``PublishError`` raised.
+    On failure the partly written folder is removed and ``PublishError`` raised.
     """
     from .download import looks_like_repo_id
 
     if not looks_like_repo_id(model_repo):
         raise PublishError(f"{model_repo}: the Space needs the model's Hub repo id (ORG/NAME)")
-    demo_dir = Path(demo_dir) if demo_dir is not None else PACKAGE_DIR.parent / "demo"
-    if not (demo_dir / "app.py").is_file():
-        raise PublishError(f"{demo_dir / 'app.py'}: the demo app is missing (run from a skinmole source checkout)")
     output_dir = Path(output_dir)
     with fresh_output_dir(output_dir, "the Space folder"):
         output_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(PACKAGE_DIR, output_dir / "skinmole", ignore=_VENDOR_IGNORE)
-        shutil.copytree(demo_dir, output_dir / "demo",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "flagged", "tests"))
         (output_dir / "app.py").write_text(APP_TEMPLATE.format(repo_id=model_repo))
         (output_dir / "requirements.txt").write_text("\n".join(pinned_requirements()) + "\n")
         build_space_card(space_id, model_repo).save(output_dir / "README.md")

@@ -1,6 +1,6 @@
-"""The Gradio demo (demo/app.py): the page's words, a live local server (gradio_client, raw HTTP), the
-demo as its own process (bounded memory, uploads removed at SIGTERM and start-up, a model it cannot
-load), and a real browser at desktop and phone width."""
+"""The Gradio demo (skinmole.demo_app, ``skinmole demo``): the page's words, a live local server
+(gradio_client, raw HTTP), the demo as its own process (bounded memory, uploads removed at SIGTERM and
+start-up, a model it cannot load), and a real browser at desktop and phone width."""
 
 import io
 import json
@@ -22,7 +22,7 @@ gr = pytest.importorskip("gradio", reason="the demo extra (gradio) is not instal
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client (dev extra) is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx (a gradio dependency) is not installed")
 
-from helpers import ROOT, free_port, load_script  # noqa: E402
+from helpers import ROOT, free_port  # noqa: E402
 
 import skinmole  # noqa: E402
 from skinmole import wording  # noqa: E402
@@ -31,7 +31,9 @@ from skinmole.sample_images import SAMPLES, sample_path, sample_paths  # noqa: E
 
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 
-APP = ROOT / "demo" / "app.py"
+# The two ways to start the demo as its own process: the subcommand, and the module itself.
+DEMO = [sys.executable, "-m", "skinmole", "demo"]
+DEMO_MODULE = [sys.executable, "-m", "skinmole.demo_app"]
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "reports" / "demo-screenshots"
 TO_DICT_KEYS = set(Prediction(0.5, "benign", 0.5, None).to_dict())
@@ -40,7 +42,9 @@ NO_TRACEBACK = "Traceback (most recent call last)"
 
 @pytest.fixture(scope="module")
 def demo():
-    return load_script("demo/app.py")
+    from skinmole import demo_app
+
+    return demo_app
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +257,7 @@ def test_sigterm_removes_uploads_never_analysed_and_start_up_removes_leftovers(t
     root.chmod(0o700)
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    proc = subprocess.Popen([sys.executable, str(APP)], env=_demo_env(tmp_path, port), cwd=ROOT,
+    proc = subprocess.Popen(DEMO, env=_demo_env(tmp_path, port), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_until_serving(proc, url)
@@ -276,13 +280,13 @@ def test_sigterm_removes_uploads_never_analysed_and_start_up_removes_leftovers(t
     assert NO_TRACEBACK not in output
 
 
-@pytest.mark.parametrize("broken", ["bad-config", "no-such-folder"])
-def test_a_model_it_cannot_load_is_one_line_and_a_non_zero_exit(tmp_path, broken):
+@pytest.mark.parametrize("broken, command", [("bad-config", DEMO), ("no-such-folder", DEMO_MODULE)])
+def test_a_model_it_cannot_load_is_one_line_and_a_non_zero_exit(tmp_path, broken, command):
     folder = tmp_path / "model"
     if broken == "bad-config":
         folder.mkdir()
         (folder / "config.json").write_text("{ this is not json")
-    proc = subprocess.run([sys.executable, str(APP), "--model", str(folder)], env=_demo_env(tmp_path),
+    proc = subprocess.run([*command, "--model", str(folder)], env=_demo_env(tmp_path),
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert NO_TRACEBACK not in proc.stdout + proc.stderr
@@ -293,14 +297,12 @@ def test_a_model_it_cannot_load_is_one_line_and_a_non_zero_exit(tmp_path, broken
 
 MEMORY_PROBE = """
 import json, resource, sys
-sys.path.insert(0, sys.argv[2])
-from helpers import load_script
 import skinmole
+from skinmole import demo_app as demo
 
-demo = load_script("demo/app.py")
 model = skinmole.load_model()
 demo.warm_up(model)
-demo.analyse({"path": sys.argv[3], "orig_name": "small.jpg"}, model)  # every lazy part built once
+demo.analyse({"path": sys.argv[2], "orig_name": "small.jpg"}, model)  # every lazy part built once
 before_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:"))
 verdict, diff, heat, result = demo.analyse({"path": sys.argv[1], "orig_name": "big.jpg"}, model)
 peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -317,8 +319,8 @@ def test_a_huge_upload_costs_under_1_gb_grad_cam_included(tmp_path):
     side = min(8000, math.isqrt(getattr(images, "MAX_PIXELS", 64_000_000)))
     big = tmp_path / "big.jpg"
     Image.open(sample_path("bcc")).convert("RGB").resize((side, side), Image.BILINEAR).save(big, quality=85)
-    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(big), str(ROOT / "tests"),
-                           str(sample_path("nv"))], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(big), str(sample_path("nv"))], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["result"]["malignant_probability"] is not None, out["result"]["quality"]

@@ -25,7 +25,7 @@ from skinmole.hub import PublishError  # noqa: E402
 from skinmole.model import BUNDLED_MODEL  # noqa: E402
 
 MODEL_REPO = "org/skinmole-model"
-pytestmark = pytest.mark.skipif(not (ROOT / "demo" / "app.py").is_file(), reason="demo/app.py is not there")
+pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,10 @@ def space_folder(tmp_path_factory) -> Path:
 
 def test_space_folder_has_the_app_the_package_and_pinned_requirements(space_folder):
     files = {p.relative_to(space_folder).as_posix() for p in space_folder.rglob("*") if p.is_file()}
-    assert {"README.md", "app.py", "requirements.txt", "demo/app.py", "skinmole/__init__.py",
+    assert {"README.md", "app.py", "requirements.txt", "skinmole/__init__.py", "skinmole/demo_app.py",
             "skinmole/model.py", "skinmole/hub.py"} <= files
-    assert not any(f.startswith("skinmole/weights/") or "__pycache__" in f for f in files)
-    assert (space_folder / "demo" / "app.py").read_bytes() == (ROOT / "demo" / "app.py").read_bytes()
+    assert not any(f.startswith(("skinmole/weights/", "demo/")) or "__pycache__" in f for f in files)
+    assert (space_folder / "skinmole" / "demo_app.py").read_bytes() == (ROOT / "skinmole" / "demo_app.py").read_bytes()
     assert MODEL_REPO in (space_folder / "app.py").read_text()
 
     reqs = (space_folder / "requirements.txt").read_text().split()
@@ -170,5 +170,6 @@ def test_space_upload_creates_a_gradio_space_and_pushes_once(monkeypatch, tmp_pa
     repo, up = calls[0][2], calls[1][2]
     assert repo["repo_type"] == "space" and repo["space_sdk"] == "gradio" and repo["token"] == "hf_x"
     assert up["repo_type"] == "space" and up["token"] == "hf_x"
-    assert {"app.py", "README.md", "requirements.txt", "demo/app.py", "skinmole/__init__.py"} <= up["files"]
+    assert {"app.py", "README.md", "requirements.txt", "skinmole/demo_app.py", "skinmole/__init__.py"} <= up["files"]
+    assert "demo/*" in up["delete_patterns"]  # an older Space's copy of the demo is removed
     assert list(tmp_path.iterdir()) == []

@@ -1,8 +1,8 @@
 """skinmole demo: upload a dermoscopic image of a mole, see how much it resembles malignant lesions,
 how sure the model is, and which part of the image (if any) drove the answer.
 
-Run ``python demo/app.py [--model SOURCE]`` (or ``python app.py`` inside a Space folder next to an
-installed skinmole). Environment:
+Run ``skinmole demo [--model SOURCE]`` (or ``python -m skinmole.demo_app``; a Space's ``app.py`` calls
+``main()``). Environment:
   SKINMOLE_MODEL         any ``skinmole.load_model`` source (a model folder or a Hub repo id ORG/NAME);
                          unset = the model bundled with the package. ``--model`` wins over it.
   GRADIO_SERVER_NAME     interface to listen on (default 127.0.0.1; a Space sets 0.0.0.0).
@@ -47,13 +47,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import skinmole  # first: it turns telemetry off (Gradio's analytics included) before gradio loads
-import gradio as gr  # noqa: E402
-from skinmole import InvalidImageError  # noqa: E402
-from skinmole.explain import MIN_LOG_ODDS_SHARE  # noqa: E402
-from skinmole.model import sha256_file  # noqa: E402
-from skinmole.sample_images import SAMPLES, sample_paths  # noqa: E402
-from skinmole.wording import NOT_A_DIAGNOSIS, operating_point  # noqa: E402
+# The package first: importing it turns telemetry off (Gradio's analytics included) before gradio loads.
+from . import InvalidImageError, ModelLoadError, explain, load_image, load_model, overlay, predict
+from .explain import MIN_LOG_ODDS_SHARE
+from .model import sha256_file
+from .sample_images import SAMPLES, sample_paths
+from .wording import NOT_A_DIAGNOSIS, operating_point
+
+import gradio as gr  # after the package, see above
 
 log = logging.getLogger("skinmole.demo")
 
@@ -285,11 +286,11 @@ def heatmap_html(rgb: np.ndarray, model) -> str:
     """The Grad-CAM overlay as an inline image, or a sentence when no region stands out. The map is
     computed and drawn at the display size only (a huge upload never gets a full-size map)."""
     shown = display_image(rgb)
-    heat = skinmole.explain(rgb, model, size=(shown.shape[1], shown.shape[0]))
+    heat = explain(rgb, model, size=(shown.shape[1], shown.shape[0]))
     if not heat.stands_out:
         return f'<p id="no-region">{NO_REGION.format(pct=float(np.expm1(MIN_LOG_ODDS_SHARE)))}</p>'
     buf = io.BytesIO()
-    Image.fromarray(skinmole.overlay(shown, heat)).save(buf, format="JPEG", quality=88)
+    Image.fromarray(overlay(shown, heat)).save(buf, format="JPEG", quality=88)
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return (f'<figure><img alt="Grad-CAM heatmap overlay" src="data:image/jpeg;base64,{data}"/>'
             f"<figcaption>{HEATMAP_CAPTION}</figcaption></figure>")
@@ -317,14 +318,14 @@ def analyse(upload, model):
             raise _user_error(f"{name} is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB:g} MB.",
                               title="File too large")
         try:
-            rgb = skinmole.load_image(path, name=Path(name).name)
+            rgb = load_image(path, name=Path(name).name)
         except InvalidImageError as exc:
             raise _user_error(f"This file could not be read as an image ({exc}). Please upload a JPEG or "
                               "PNG photo of the mole.", title="Not an image") from None
     finally:
         discard_upload(path)
     try:
-        pred = skinmole.predict(rgb, model)
+        pred = predict(rgb, model)
         accepted = pred.malignant_probability is not None
         heat = heatmap_html(rgb, model) if accepted else ""
     except Exception:  # never a stack trace in the browser; the log keeps it (not the image)
@@ -349,8 +350,8 @@ def warm_up(model):
     """One prediction and explanation, so that the lazy parts (engine, Grad-CAM sub-model) are built
     before visitors arrive and never concurrently."""
     warm = sample_paths()[0]
-    skinmole.predict(warm, model)
-    skinmole.explain(warm, model, size=(8, 8))
+    predict(warm, model)
+    explain(warm, model, size=(8, 8))
 
 
 def build_app(model) -> gr.Blocks:
@@ -425,11 +426,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO)
     source = args.model
     try:
-        model = skinmole.load_model(source)
+        model = load_model(source)
         warm_up(model)
     except Exception as exc:  # noqa: BLE001 - any failure here means "this model cannot be served"
         log.debug("model load failed", exc_info=True)
-        what = "" if isinstance(exc, skinmole.ModelLoadError) else f"{type(exc).__name__}: "
+        what = "" if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: "
         print(f"skinmole demo: cannot load the model {source or '(bundled)'}: {what}{exc}",
               file=sys.stderr, flush=True)
         return 2
