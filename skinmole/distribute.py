@@ -53,6 +53,23 @@ class Distribution:
         out = Path(out)
         return out / "checkpoint" if self.chief else self.worker_folder(out) / "checkpoint"
 
+    def check_same_progress(self, epochs_done: int, phases_done) -> None:
+        """Every worker must resume from the same epoch: a worker that starts over while another
+        resumes would wait forever on collectives the other never runs. Refuse it (ValueError on
+        every worker) when their checkpoints disagree, e.g. a worker's copy lost with its machine."""
+        if self.kind != "multi-worker":
+            return
+        import zlib
+
+        import tensorflow as tf
+
+        mine = zlib.crc32(json.dumps([int(epochs_done), sorted(phases_done)]).encode())
+        everyone = self.strategy.gather(self.strategy.run(lambda: tf.constant([mine], tf.int64)), axis=0).numpy()
+        if len(set(everyone.tolist())) > 1:
+            raise ValueError(f"worker {self.worker}: the workers' checkpoints are at different epochs (this one: "
+                             f"{epochs_done} epochs, phases done {sorted(phases_done)}); remove every worker's "
+                             f"checkpoint (OUTPUT/checkpoint on the chief, OUTPUT.worker-N on the others) to start over")
+
     def worker_folder(self, out: Path) -> Path:
         out = Path(out)
         return out.parent / f"{out.name}.worker-{self.worker}"

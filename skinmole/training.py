@@ -80,7 +80,7 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _split_sets(opts: TrainOptions) -> tuple[LabelledSet, LabelledSet | None]:
+def split_sets(opts: TrainOptions) -> tuple[LabelledSet, LabelledSet | None]:
     """(train, val); val is None with ``--no-validation``, and the train set is the same either way
     (a split carved from unsplit data still leaves its validation part out of training)."""
     source = Path(opts.data)
@@ -192,7 +192,7 @@ def train(opts: TrainOptions) -> Path:
     dist = distribution(opts.distribute)  # before TensorFlow runs anything (multi-worker start-up)
     keras.utils.set_random_seed(opts.seed)
     out = Path(opts.output)
-    train_set, val_set = _split_sets(opts)
+    train_set, val_set = split_sets(opts)
     sets = [s for s in (train_set, val_set) if s is not None]
     use_dx = opts.head == "dx" or (opts.head == "auto" and all(s.dx is not None for s in sets))
     if use_dx and any(s.dx is None for s in sets):
@@ -247,6 +247,7 @@ def train(opts: TrainOptions) -> Path:
     done_phases: set[str] = set()
     if ckpt is not None:
         done_phases = ckpt.restore(model, history, best)
+        dist.check_same_progress(len(history), done_phases)
 
     def val_auc() -> float:
         from sklearn.metrics import roc_auc_score
@@ -315,7 +316,7 @@ def train(opts: TrainOptions) -> Path:
         model.save(out / "model.keras")
         _write_history(out, history)
         _log(f"wrote {out / 'model.keras'} (last epoch, {train_seconds:.0f} s); finish the folder with the "
-             f"validation split: scripts/train.py --init-weights {out / 'model.keras'} --epochs 0 ...")
+             f"validation split: skinmole train --init-weights {out / 'model.keras'} --epochs 0 ...")
         return out
 
     val_logits = model.predict(x_val, batch_size=256, verbose=0)
@@ -460,13 +461,13 @@ def _clone(model):
 
 def _export_onnx(out: Path, model) -> None:
     """Add ``model.onnx`` (the TensorFlow-free serving engine) to the folder; a missing ``onnx``
-    package is a warning, not a lost training run (``scripts/export_onnx.py`` adds it later)."""
+    package is a warning, not a lost training run (``skinmole export-onnx`` adds it later)."""
     from .onnx_export import OnnxExportError, export_model_folder
 
     try:
         _log(f"wrote {export_model_folder(out, model)}")
     except (ImportError, OnnxExportError) as exc:
-        _log(f"WARNING: no ONNX file ({exc}); add it with: python scripts/export_onnx.py --model {out}")
+        _log(f"WARNING: no ONNX file ({exc}); add it with: skinmole export-onnx --model {out}")
 
 
 def _write_history(out: Path, history: list[dict]) -> None:

@@ -178,35 +178,60 @@ def test_train_mirrored_on_two_devices_writes_a_model_folder(tmp_path):
     _assert_one_model_folder(models, data, "mirrored")
 
 
-def test_two_workers_train_together_and_only_the_chief_writes_the_model_folder(tmp_path):
-    data = _class_folders(tmp_path / "data")
-    models = tmp_path / "models"
-    models.mkdir()
-    out = models / "model"
+def _worker_args(data: Path, out: Path) -> list[str]:
+    return ["--data", str(data), "--output", str(out), "--distribute", "multi-worker", "--architecture", "simple-cnn",
+            "--input-size", "32", "--head", "binary", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0",
+            "--verbose", "0"]
+
+
+def _two_workers(tmp_path: Path, args: list[str]) -> list[tuple[int, str]]:
+    """Run scripts/train.py ARGS as workers 0 and 1 of a localhost cluster: [(exit code, output)]."""
     workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     procs = []
-    for index in range(2):
-        cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--data", str(data), "--output", str(out),
-               "--distribute", "multi-worker", "--architecture", "simple-cnn", "--input-size", "32",
-               "--head", "binary", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0",
-               "--cache-dir", str(tmp_path / f"cache{index}"), "--verbose", "0"]
+    for index in range(2):  # a cache folder each: the two processes share one disk here
+        cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), *args, "--cache-dir", str(tmp_path / f"cache{index}")]
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       cwd=tmp_path, env={**ENV, "TF_CONFIG": json.dumps(tf_config)}))
-    logs = []
     try:
-        for p in procs:
-            logs.append(p.communicate(timeout=HANG_GUARD_S)[0])
+        logs = [p.communicate(timeout=HANG_GUARD_S)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for index, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"worker {index}:\n{log[-4000:]}"
-    assert "2 replicas in sync" in logs[0] and "worker 1 done" in logs[1]
+    return [(p.returncode, log) for p, log in zip(procs, logs)]
 
+
+def test_two_workers_train_together_and_only_the_chief_writes_the_model_folder(tmp_path):
+    data = _class_folders(tmp_path / "data")
+    models = tmp_path / "models"
+    models.mkdir()
+    runs = _two_workers(tmp_path, _worker_args(data, models / "model"))
+    for index, (code, log) in enumerate(runs):
+        assert code == 0, f"worker {index}:\n{log[-4000:]}"
+    (_, chief), (_, other) = runs
+    assert "2 replicas in sync" in chief and "worker 1 done" in other
     # The chief alone keeps the best epoch, on its own weights: no worker waits on another for it.
-    assert re.search(r"val_auc \d\.\d+", logs[0]) and "val_auc nan" in logs[1]
-
+    assert re.search(r"val_auc \d\.\d+", chief) and "val_auc nan" in other
     _assert_one_model_folder(models, data, "multi-worker")
+
+
+def test_workers_resuming_from_different_epochs_are_refused_not_left_waiting(tmp_path):
+    """The chief's checkpoint says one epoch is done, the other worker has none (its machine was
+    replaced): both stop with the reason instead of waiting on each other's collectives."""
+    from skinmole.commands.train import parser
+    from skinmole.training import Checkpoint, TrainOptions
+
+    data = _class_folders(tmp_path / "data", per_class=8)
+    out = tmp_path / "models" / "model"
+    args = _worker_args(data, out)
+    checkpoint = Checkpoint(out / "checkpoint", TrainOptions(**vars(parser().parse_args(args))))
+    checkpoint.folder.mkdir(parents=True)
+    checkpoint.state_file.write_text(json.dumps({
+        "options": checkpoint.options, "history": [{"epoch": 1, "phase": "train", "loss": 0.7, "val_auc": 0.5}],
+        "phases_done": [], "best": {"auc": -1.0, "epoch": 0}}))
+    for index, (code, log) in enumerate(_two_workers(tmp_path, args)):
+        assert code == 2, f"worker {index}:\n{log[-4000:]}"
+        assert "checkpoints are at different epochs" in log, log[-2000:]
+    assert not (out / "skinmole.json").exists()
