@@ -36,6 +36,7 @@ DISCLAIMER = ("p(malignant) is how much an image resembles the malignant lesions
 COMMANDS = {
     "demo": ("demo", "start the web demo (needs the [demo] extra)"),
     "train": ("train", "train a model folder (needs the [train] extra)"),
+    "evaluate": ("evaluate", "metrics and plots of a model on a labelled set (needs the [evaluate] extra)"),
     "fit-quality": ("fit_quality", "fit the quality gate of a model folder (needs the [train] extra)"),
     "export-onnx": ("export_onnx", "add model.onnx to a model folder (needs the [train] extra)"),
     "publish": ("publish", "publish a model folder or the demo Space to the Hugging Face Hub"),

@@ -1,15 +1,12 @@
-"""What several test files need: the repo root, a script loaded as a module, a free port, HAM10000,
-and cheap copies of model folders to break."""
+"""What several test files need: the repo root, a free port, HAM10000, and cheap copies of model
+folders to break."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import os
 import shutil
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,18 +15,6 @@ from skinmole.data import ham10000_root
 
 ROOT = Path(__file__).resolve().parents[1]
 HAM10000_MISSING = "HAM10000 not found (set SKINMOLE_HAM10000 or put it in ../shared/data/ham10000)"
-
-
-@functools.cache
-def load_script(relpath: str):
-    """A file of the repo (``scripts/NAME.py``, ``demo/app.py``) as a module, loaded once per session."""
-    path = ROOT / relpath
-    name = "skinmole_test_" + relpath.replace("/", "_").removesuffix(".py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:

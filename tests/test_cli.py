@@ -321,7 +321,7 @@ def test_predict_help_has_examples_and_exit_codes(capsys):
 def test_the_other_subcommands_are_listed(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for command in ("predict", "demo", "train", "fit-quality", "export-onnx", "publish"):
+    for command in ("predict", "demo", "train", "evaluate", "fit-quality", "export-onnx", "publish"):
         assert f"    {command}" in text, command
 
 

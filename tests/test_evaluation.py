@@ -1,4 +1,4 @@
-"""Metric functions against hand-computed values, and scripts/evaluate.py end to end on real images."""
+"""Metric functions against hand-computed values, and ``skinmole evaluate`` end to end on real images."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import ROOT as REPO, config_path, copy_model_folder, ham10000_or_skip
 from skinmole import evaluation as ev
-from helpers import ROOT as REPO, config_path, copy_model_folder, ham10000_or_skip, load_script
+from skinmole.cli import main as skinmole_main
 
-SCRIPT = REPO / "scripts" / "evaluate.py"
+SCRIPT = REPO / "scripts" / "evaluate.py"  # the command as README and MODEL_CARD run it
 PLOTS = {"roc.png", "pr.png", "confusion_binary.png", "confusion_7class.png", "reliability.png"}
 
 
@@ -239,11 +240,7 @@ def test_plot_metrics_writes_pngs(tmp_path):
     assert {w.name for w in ev.plot_metrics(one, tmp_path / "one")} == {"confusion_binary.png", "reliability.png"}
 
 
-# --------------------------------------------------------------------------- the script, end to end
-
-def _load_script():
-    return load_script("scripts/evaluate.py")
-
+# --------------------------------------------------------------------------- the command, end to end
 
 @pytest.fixture(scope="session")
 def ham_subset(tmp_path_factory):
@@ -264,7 +261,8 @@ def ham_subset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def script_run(ham_subset, tmp_path_factory):
-    """scripts/evaluate.py in a subprocess, with --update-config on a copy of the bundled model."""
+    """scripts/evaluate.py (as the model card runs it) in a subprocess, with --update-config on a copy
+    of the bundled model."""
     from skinmole.model import BUNDLED_MODEL
 
     base = tmp_path_factory.mktemp("evalrun")
@@ -323,24 +321,28 @@ def test_script_update_config(script_run):
     load_model(model_dir)  # rewriting the config leaves the weights' sha256 valid
 
 
+def _evaluate(*argv: str) -> int:
+    """``skinmole evaluate ARGV`` in this process."""
+    return skinmole_main(["evaluate", *argv])
+
+
 def test_script_clear_errors(tmp_path, capsys, ham_subset):
-    script = _load_script()
     out = str(tmp_path / "o")
-    assert script.main(["--data", str(tmp_path / "nope.csv"), "--output", out]) == 2
+    assert _evaluate("--data", str(tmp_path / "nope.csv"), "--output", out) == 2
     assert "no such CSV file" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
     bad.write_text("image,label\nISIC_0024306.jpg,maybe\n")
-    assert script.main(["--data", str(bad), "--output", out]) == 2
+    assert _evaluate("--data", str(bad), "--output", out) == 2
     assert "unknown label" in capsys.readouterr().err
-    assert script.main(["--data", str(ham_subset), "--split", "nosuchsplit", "--output", out]) == 2
+    assert _evaluate("--data", str(ham_subset), "--split", "nosuchsplit", "--output", out) == 2
     assert "no labelled images" in capsys.readouterr().err
-    assert script.main(["--data", str(ham_subset), "--model", str(tmp_path / "nomodel"), "--output", out]) == 2
+    assert _evaluate("--data", str(ham_subset), "--model", str(tmp_path / "nomodel"), "--output", out) == 2
     assert "no such model folder" in capsys.readouterr().err
     not_model = tmp_path / "empty"
     not_model.mkdir()
-    assert script.main(["--data", str(ham_subset), "--model", str(not_model), "--output", out]) == 2
+    assert _evaluate("--data", str(ham_subset), "--model", str(not_model), "--output", out) == 2
     assert "not a skinmole model folder" in capsys.readouterr().err
-    assert script.main(["--data", str(ham_subset), "--model", "org/name", "--output", out, "--update-config"]) == 2
+    assert _evaluate("--data", str(ham_subset), "--model", "org/name", "--output", out, "--update-config") == 2
     assert "local model folder" in capsys.readouterr().err
     assert not Path(out).exists()
 

@@ -110,6 +110,7 @@ def test_every_file_of_the_package_is_in_the_wheel(wheel, source):
         packaged = {n for n in z.namelist() if n.startswith("skinmole/")}
     expected = {p.relative_to(source).as_posix() for p in (source / "skinmole").rglob("*") if p.is_file()}
     assert expected - packaged == set()
+    assert {"skinmole/demo_app.py", "skinmole/commands/evaluate.py"} <= packaged  # what the subcommands run
 
 
 def test_the_core_install_pulls_no_tensorflow(wheel):
@@ -176,6 +177,7 @@ def test_explain_without_keras_names_the_extra(monkeypatch):
     (["train", "--data", "labels.csv", "--output", "out"], ("sklearn",), "train"),
     (["export-onnx", "--model", "folder"], ("onnx",), "train"),
     (["fit-quality", "--model", "folder", "--data", "labels.csv"], ("sklearn",), "train"),
+    (["evaluate", "--data", "labels.csv", "--output", "out"], ("sklearn",), "evaluate"),
     (["demo"], ("gradio",), "demo"),
 ])
 def test_a_subcommand_without_its_extra_is_one_line(monkeypatch, capsys, argv, hidden, extra):
