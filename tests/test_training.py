@@ -259,11 +259,11 @@ def test_train_script_exit_code_on_bad_data(tmp_path, capsys):
 
 
 def test_no_validation_trains_on_the_same_images_and_never_on_a_carved_validation_part(tmp_path):
-    from skinmole.training import TrainOptions, _split_sets
+    from skinmole.training import TrainOptions, split_sets
 
     data = _write_csv(tmp_path / "unsplit.csv", _rows(30, 10))  # no split column: validation is carved out
-    with_val = _split_sets(TrainOptions(data=str(data), output="x"))
-    without = _split_sets(TrainOptions(data=str(data), output="x", validation=False))
+    with_val = split_sets(TrainOptions(data=str(data), output="x"))
+    without = split_sets(TrainOptions(data=str(data), output="x", validation=False))
     assert without[1] is None and len(with_val[1]) > 0
     assert list(without[0].paths) == list(with_val[0].paths)
     assert not set(without[0].paths) & set(with_val[1].paths)

@@ -32,12 +32,12 @@ def main(argv=None, prog: str | None = None) -> int:
         require("train", "fitting the quality gate")
         from ..model import read_config
         from ..quality import fit_quality_gate
-        from ..training import TrainOptions, _split_sets
+        from ..training import TrainOptions, split_sets
 
         config = read_config(Path(args.model))
         seed = int(config.get("training", {}).get("seed", 42))
         opts = TrainOptions(data=args.data, output=args.model, val_data=args.val_data, limit=args.limit, seed=seed)
-        train_set, val_set = _split_sets(opts)
+        train_set, val_set = split_sets(opts)
         entry = fit_quality_gate(args.model, train_set, val_set, cache_dir=args.cache_dir)
     except (ValueError, ImportError, OSError) as exc:  # DatasetError and ModelLoadError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
