@@ -14,7 +14,12 @@ so the number of steps per epoch, the learning rate and its schedule stay as on 
 not scale the rate with the replica count). BatchNorm statistics are per replica (no
 SyncBatchNormalization): the pretrained backbone's BatchNorm is frozen during fine-tuning and all but
 the head is frozen in warm-up, so this only matters for ``simple-cnn`` trained from scratch, whose
-batch statistics come from each replica's share of the batch (``batch_size / replicas`` images).
+batch statistics come from each replica's share of the batch (``batch_size / replicas`` images) and
+whose moving statistics are kept per replica: the folder gets replica 0's (the chief's first device).
+
+Validation: the chief alone measures the epoch's val AUC and keeps the best epoch, on the weights it
+will save (``local_predict``); Keras' ``val_loss`` is averaged over the replicas. Every worker runs
+the same command on the same data with the same ``--seed`` (the shuffling order comes from it).
 """
 
 from __future__ import annotations
