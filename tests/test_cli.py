@@ -388,3 +388,42 @@ def test_ctrl_c_while_waiting_for_stdin_exits_130_with_one_line():
         proc.kill()
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             stream.close()
+
+
+def _wait_until_mapped(pid: int, library: str, timeout: float = 60.0) -> bool:
+    """True once the process has loaded a shared library whose path contains ``library``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if library in Path(f"/proc/{pid}/maps").read_text():
+                return True
+        except OSError:
+            return False
+        time.sleep(0.002)
+    return False
+
+
+@pytest.mark.parametrize("library", ["_multiarray_umath", "onnxruntime_pybind11_state"])
+def test_ctrl_c_during_start_up_imports_exits_130_with_one_line(library):
+    """The console script (skinmole_launcher) handles SIGINT before `import skinmole` starts, so an
+    interrupt that lands inside numpy's or onnxruntime's import is one line and exit 130, never a
+    traceback, never a silent fallback to Keras (issue 13 item 4). The signal is sent the moment the
+    library is mapped, i.e. while its import runs."""
+    exe = Path(sys.executable).parent / "skinmole"
+    if not exe.is_file() or not Path("/proc/self/maps").is_file():
+        pytest.skip("needs the installed skinmole console script and /proc")
+    proc = subprocess.Popen([str(exe), "predict", str(sample_paths()[0]), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_until_mapped(proc.pid, library), f"{library} was never loaded"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        err = proc.stderr.read()
+        assert "Traceback" not in err and _one_error_line(err) == "skinmole: interrupted"
+        assert proc.stdout.read() == ""
+    finally:
+        proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
