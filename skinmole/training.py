@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .calibration import (
-    fit_temperature, malignant_probability, probabilities, threshold_for_sensitivity, threshold_within_groups,
-)
+from .calibration import fit_temperature, threshold_for_sensitivity, threshold_within_groups
+from .head import Head, is_malignant
 from .augmentation import augmentation
 from .data import BINARY_CLASSES, DX_CLASSES, DX_NAMES, MALIGNANT_DX, LabelledSet, load_pixels, load_set
 from .distribute import distribution
@@ -74,6 +73,10 @@ class TrainOptions:
     # --batch-size stays the global batch, so the learning rate is unchanged (skinmole.distribute).
     distribute: str = "none"
     verbose: int = 2
+
+
+# Options that may differ between the workers of one multi-worker run (paths on each machine, logging).
+_PER_MACHINE_OPTIONS = ("data", "val_data", "output", "cache_dir", "init_weights", "verbose")
 
 
 def _log(msg: str) -> None:
@@ -247,7 +250,14 @@ def train(opts: TrainOptions) -> Path:
     done_phases: set[str] = set()
     if ckpt is not None:
         done_phases = ckpt.restore(model, history, best)
-        dist.check_same_progress(len(history), done_phases)
+    dist.check_workers_agree(
+        settings={k: v for k, v in asdict(opts).items() if k not in _PER_MACHINE_OPTIONS},
+        train_images=[[Path(p).name, label] for p, label in zip(train_set.paths, train_set.labels)],
+        epochs_done=len(history), phases_done=sorted(done_phases))
+
+    def head(temperature: float, threshold: float) -> Head:
+        """The served arithmetic (skinmole.head) for this model's classes at a temperature."""
+        return Head(tuple(class_names), tuple(malignant), temperature, threshold, not use_dx)
 
     def val_auc() -> float:
         from sklearn.metrics import roc_auc_score
@@ -255,8 +265,7 @@ def train(opts: TrainOptions) -> Path:
         if not dist.chief:
             return float("nan")  # the chief keeps the best epoch: its weights are the ones saved
         logits = dist.local_predict(model, x_val, batch_size=256)
-        p = malignant_probability(probabilities(logits), class_names, malignant)
-        return float(roc_auc_score(y_val_bin, p))
+        return float(roc_auc_score(y_val_bin, head(1.0, 0.5).malignant_probability(logits)))
 
     class Track(keras.callbacks.Callback):
         def __init__(self, phase):
@@ -321,7 +330,7 @@ def train(opts: TrainOptions) -> Path:
 
     val_logits = model.predict(x_val, batch_size=256, verbose=0)
     temperature = fit_temperature(val_logits, y_val)
-    p_val = malignant_probability(probabilities(val_logits, temperature), class_names, malignant)
+    p_val = head(temperature, 0.5).malignant_probability(val_logits)
     val_sources = val_set.metadata.get("source")
     if val_sources:
         threshold, rule_sources = threshold_within_groups(y_val_bin, p_val, val_sources, opts.target_sensitivity)
@@ -331,7 +340,7 @@ def train(opts: TrainOptions) -> Path:
 
     from .evaluation import metrics_by_source
 
-    pred = p_val >= threshold
+    pred = is_malignant(p_val, threshold)
     val_metrics = {
         "split": f"{val_set.source} (validation: used for early stopping, temperature and threshold)",
         "n": int(len(y_val_bin)),
