@@ -58,22 +58,28 @@ class Distribution:
         out = Path(out)
         return out / "checkpoint" if self.chief else self.worker_folder(out) / "checkpoint"
 
-    def check_same_progress(self, epochs_done: int, phases_done) -> None:
-        """Every worker must resume from the same epoch: a worker that starts over while another
-        resumes would wait forever on collectives the other never runs. Refuse it (ValueError on
-        every worker) when their checkpoints disagree, e.g. a worker's copy lost with its machine."""
+    def check_workers_agree(self, **facts) -> None:
+        """Every worker must run the same training from the same point: workers with other settings
+        or data would silently cover the wrong images (each takes its share of the batches its own
+        shuffle makes), and one that starts over while another resumes would wait forever on
+        collectives never run. Compare ``facts`` (JSON values) across the workers and name the
+        ones that differ (ValueError on every worker)."""
         if self.kind != "multi-worker":
             return
         import zlib
 
+        import numpy as np
         import tensorflow as tf
 
-        mine = zlib.crc32(json.dumps([int(epochs_done), sorted(phases_done)]).encode())
-        everyone = self.strategy.gather(self.strategy.run(lambda: tf.constant([mine], tf.int64)), axis=0).numpy()
-        if len(set(everyone.tolist())) > 1:
-            raise ValueError(f"worker {self.worker}: the workers' checkpoints are at different epochs (this one: "
-                             f"{epochs_done} epochs, phases done {sorted(phases_done)}); remove every worker's "
-                             f"checkpoint (OUTPUT/checkpoint on the chief, OUTPUT.worker-N on the others) to start over")
+        names = sorted(facts)
+        mine = np.array([zlib.crc32(json.dumps(facts[k], sort_keys=True).encode()) for k in names], np.int64)
+        everyone = self.strategy.gather(self.strategy.run(lambda: tf.constant(mine[None])), axis=0).numpy()
+        differ = [k for k, column in zip(names, everyone.T) if len(set(column.tolist())) > 1]
+        if differ:
+            shown = {k: facts[k] for k in differ}
+            raise ValueError(f"worker {self.worker}: the workers differ in {', '.join(differ)} (here: {json.dumps(shown)[:500]}); "
+                             f"run the same command on the same data everywhere, and to start over remove every "
+                             f"worker's checkpoint (OUTPUT/checkpoint on the chief, OUTPUT.worker-N on the others)")
 
     def worker_folder(self, out: Path) -> Path:
         out = Path(out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -184,12 +185,17 @@ def _worker_args(data: Path, out: Path) -> list[str]:
             "--verbose", "0"]
 
 
-def _two_workers(tmp_path: Path, args: list[str]) -> list[tuple[int, str]]:
-    """Run scripts/train.py ARGS as workers 0 and 1 of a localhost cluster: [(exit code, output)]."""
+def _train_command(tmp_path: Path, args: list[str]):
+    """scripts/train.py ARGS for worker i, with a cache folder each (the two processes share one disk here)."""
+    return lambda index: [str(ROOT / "scripts" / "train.py"), *args, "--cache-dir", str(tmp_path / f"cache{index}")]
+
+
+def _two_workers(tmp_path: Path, command) -> list[tuple[int, str]]:
+    """Run ``python *command(i)`` as workers 0 and 1 of a localhost cluster: [(exit code, output)]."""
     workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     procs = []
-    for index in range(2):  # a cache folder each: the two processes share one disk here
-        cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), *args, "--cache-dir", str(tmp_path / f"cache{index}")]
+    for index in range(2):
+        cmd = [sys.executable, *command(index)]
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       cwd=tmp_path, env={**ENV, "TF_CONFIG": json.dumps(tf_config)}))
@@ -203,11 +209,46 @@ def _two_workers(tmp_path: Path, args: list[str]) -> list[tuple[int, str]]:
     return [(p.returncode, log) for p, log in zip(procs, logs)]
 
 
+# Image i is the one-hot vector e_i and the model one weight per image, starting at 0: an SGD step
+# moves weight i only if image i was in the batch, and moves it as far as often as it was there.
+SHUFFLED_SHARES = r"""
+import json
+from skinmole.distribute import distribution
+
+dist = distribution("multi-worker")
+import keras
+import numpy as np
+
+keras.utils.set_random_seed(42)
+n = 24
+with dist.scope():
+    inputs = keras.Input((n,))
+    model = keras.Model(inputs, keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+dist.prepare(model)
+model.fit(np.eye(n, dtype="float32"), np.ones((n, 1), "float32"), batch_size=8, epochs=2, shuffle=True, verbose=0)
+print(json.dumps(model.get_weights()[0].ravel().tolist()))
+"""
+
+
+def test_two_workers_see_every_image_once_per_epoch_in_shuffled_shares(tmp_path):
+    """Keras shards each shuffled global batch between the workers (DATA sharding); that covers the
+    set only if both shuffle alike, which the shared seed ensures. An image seen twice or never
+    would leave its weight away from the others'."""
+    runs = _two_workers(tmp_path, lambda index: ["-c", SHUFFLED_SHARES])
+    for index, (code, log) in enumerate(runs):
+        assert code == 0, f"worker {index}:\n{log[-4000:]}"
+    weights = [np.array(json.loads(log.strip().splitlines()[-1])) for _, log in runs]
+    np.testing.assert_array_equal(weights[0], weights[1])
+    # Epoch 1: each image's error 1, averaged over the global batch of 8 -> +0.25; epoch 2: error 0.75 -> +0.1875.
+    np.testing.assert_allclose(weights[0], 0.4375, rtol=1e-6)
+
+
 def test_two_workers_train_together_and_only_the_chief_writes_the_model_folder(tmp_path):
     data = _class_folders(tmp_path / "data")
     models = tmp_path / "models"
     models.mkdir()
-    runs = _two_workers(tmp_path, _worker_args(data, models / "model"))
+    runs = _two_workers(tmp_path, _train_command(tmp_path, _worker_args(data, models / "model")))
     for index, (code, log) in enumerate(runs):
         assert code == 0, f"worker {index}:\n{log[-4000:]}"
     (_, chief), (_, other) = runs
@@ -231,7 +272,23 @@ def test_workers_resuming_from_different_epochs_are_refused_not_left_waiting(tmp
     checkpoint.state_file.write_text(json.dumps({
         "options": checkpoint.options, "history": [{"epoch": 1, "phase": "train", "loss": 0.7, "val_auc": 0.5}],
         "phases_done": [], "best": {"auc": -1.0, "epoch": 0}}))
-    for index, (code, log) in enumerate(_two_workers(tmp_path, args)):
+    for index, (code, log) in enumerate(_two_workers(tmp_path, _train_command(tmp_path, args))):
         assert code == 2, f"worker {index}:\n{log[-4000:]}"
-        assert "checkpoints are at different epochs" in log, log[-2000:]
+        assert "the workers differ in epochs_done" in log, log[-2000:]
     assert not (out / "skinmole.json").exists()
+
+
+def test_workers_with_other_settings_or_images_are_refused(tmp_path):
+    """Worker 1 has another seed (so another shuffle) and one image fewer: each would train on the
+    wrong shares of the batches without a word. Both stop and name what differs."""
+    data = _class_folders(tmp_path / "data", per_class=8)
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    next((other / "benign").iterdir()).unlink()
+    out = tmp_path / "models" / "model"
+    commands = [_train_command(tmp_path, _worker_args(data, out))(0),
+                _train_command(tmp_path, [*_worker_args(other, out), "--seed", "43"])(1)]
+    for index, (code, log) in enumerate(_two_workers(tmp_path, lambda i: commands[i])):
+        assert code == 2, f"worker {index}:\n{log[-4000:]}"
+        assert "the workers differ in settings, train_images" in log, log[-2000:]
+    assert not out.exists()
