@@ -67,11 +67,36 @@ def threshold_rule_text(rule: str | None) -> str:
     """'val sensitivity 0.90' -> 'chosen on the validation split to keep sensitivity at 0.90 or more'."""
     if not rule:
         return ""
-    m = re.fullmatch(r"\s*(val|test|train)\s+(sensitivity|specificity)\s+([0-9.]+)\s*", rule)
+    m = re.fullmatch(r"\s*(val|test|train)\s+(sensitivity|specificity)\s+([0-9.]+)"
+                     r"(?:\s+pooled and within\s+(.+?))?\s*", rule)
     if m is None:
         return f"chosen by the rule: {rule}"
     split = SPLIT_WORDS.get(m.group(1), (f"{m.group(1)} split",))[0]
-    return f"chosen on the {split} to keep {m.group(2)} at {m.group(3)} or more"
+    where = f" pooled and within each of {m.group(4)}" if m.group(4) else ""
+    return f"chosen on the {split} to keep {m.group(2)} at {m.group(3)} or more{where}"
+
+
+# Collections of HAM10000 as a reader knows them (the `source` column of its labels.csv).
+SOURCE_WORDS = {
+    "rosendahl": "rosendahl (Queensland)",
+    "vidir_modern": "vidir_modern (Vienna)",
+    "vidir_molemax": "vidir_molemax (Vienna, follow-up nevi)",
+    "vienna_dias": "vienna_dias (Vienna)",
+}
+
+
+def per_source(metrics: dict) -> str:
+    """'Within each image collection with an AUC: rosendahl (Queensland) sensitivity 93%, specificity
+    27%; ...' from ``metrics['by_source']`` (only collections with enough lesions for an AUC)."""
+    rows = [(k, v) for k, v in (metrics.get("by_source") or {}).items()
+            if k != "pooled" and isinstance(v, dict) and v.get("roc_auc") is not None
+            and v.get("sensitivity") is not None and v.get("specificity") is not None]
+    if not rows:
+        return ""
+    parts = [f"{SOURCE_WORDS.get(k, k)} sensitivity {v['sensitivity']:.0%}, specificity {v['specificity']:.0%}"
+             for k, v in rows]
+    return ("Within its image collections the rates differ: " + "; ".join(parts) + ". On dermoscopy from "
+            "other clinics and cameras the model finds fewer malignant lesions (see the model card).")
 
 
 def measured_on(config: dict, split: str, metrics: dict) -> str:
@@ -96,5 +121,6 @@ def operating_point(config: dict) -> str:
         return text + " No sensitivity or specificity was measured for this model."
     return (f"{text} On {measured_on(config, split, metrics)}, at this threshold the model found "
             f"{plain_rate(sens)} malignant lesions (sensitivity {sens:.0%}) and flagged {plain_rate(1 - spec)} "
-            f"benign lesions as malignant (specificity {spec:.0%}). A lower threshold would miss fewer "
-            "malignant lesions and flag more benign ones.")
+            f"benign lesions as malignant (specificity {spec:.0%}). "
+            + (per_source(metrics) + " " if per_source(metrics) else "")
+            + "A lower threshold would miss fewer malignant lesions and flag more benign ones.")

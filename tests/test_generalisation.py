@@ -154,3 +154,17 @@ def test_training_resumes_after_an_interruption_and_refuses_other_options(tmp_pa
     assert not (out / "checkpoint").exists()  # removed once the folder is written
     cfg = json.loads((out / "skinmole.json").read_text())
     assert "by_source" in cfg["metrics"]["val"] and cfg["training"]["epochs"] == 2
+
+
+def test_operating_point_words_state_the_rates_within_each_collection():
+    from skinmole import wording
+
+    config = {"threshold": 0.3, "threshold_rule": "val sensitivity 0.90 pooled and within a, b",
+              "metrics": {"test": {"n": 100, "sensitivity": 0.9, "specificity": 0.7, "split": "ham10000[test]",
+                                   "by_source": {"rosendahl": {"roc_auc": 0.8, "sensitivity": 0.93, "specificity": 0.27},
+                                                 "vidir_molemax": {"roc_auc": None, "sensitivity": 0.0, "specificity": 1.0}}}}}
+    text = wording.operating_point(config)
+    assert "pooled and within each of a, b" in text
+    assert "rosendahl (Queensland) sensitivity 93%, specificity 27%" in text
+    assert "vidir_molemax" not in text  # too few malignant images for an AUC: not quoted
+    assert "other clinics" in text
