@@ -217,22 +217,16 @@ def _fit(text: str, width: int) -> str:
 
 
 def _table_header(width: int) -> str:
-    return f"{'input':<{width}}  {'label':<9}  {'p(malignant)':>12}  {'threshold':>9}  top diagnosis\n"
+    from .predict import SUMMARY_HEADER
+
+    return f"{'input':<{width}}  {SUMMARY_HEADER}\n"
 
 
-def _table_row(record: dict, width: int, encoding: str) -> str:
-    name = _fit(printable(record["input"], encoding), width)
-    if "error" in record:
-        return f"{name:<{width}}  {'error':<9}  {printable(record['error'], encoding)}\n"
-    threshold = f"{record['threshold']:>9.3f}"
-    if record["malignant_probability"] is None:
-        issues = "; ".join(str(i) for i in record["quality"].get("issues", [])) or "refused by the quality gate"
-        return f"{name:<{width}}  {'refused':<9}  {'-':>12}  {threshold}  {printable(issues, encoding)}\n"
-    top = ""
-    if record["diagnosis"]:
-        dx, p = max(record["diagnosis"].items(), key=lambda kv: kv[1])
-        top = f"{dx} {p:.2f}"
-    return f"{name:<{width}}  {record['label']:<9}  {record['malignant_probability']:>12.3f}  {threshold}  {top}\n"
+def _table_row(path: str, result, width: int, encoding: str) -> str:
+    """The input's name, then the prediction's ``summary()`` or the error in the label column."""
+    name = _fit(printable(path, encoding), width)
+    text = f"{'error':<9}  {result}" if isinstance(result, Exception) else result.summary()
+    return f"{name:<{width}}  {printable(text, encoding)}\n"
 
 
 class Progress:
@@ -287,7 +281,7 @@ def _predict(args, model, out: Output, err: Output, stdin) -> int:
         else:
             counts[result.label or "refused"] += 1
             record = {"input": path, **result.to_dict()}
-        out.write(json.dumps(record) + "\n" if args.json else _table_row(record, width, out.encoding))
+        out.write(json.dumps(record) + "\n" if args.json else _table_row(path, result, width, out.encoding))
         if n % args.batch_size == 0:
             out.flush()
             progress.update(n)

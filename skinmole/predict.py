@@ -18,32 +18,80 @@ import numpy as np
 from .engines import cpu_cores
 from .images import InvalidImageError, describe, load_model_input
 from .model import SkinmoleModel, load_model
+from .quality import QualityReport
+from .records import Record
 
 DEFAULT_BATCH = 64
 DEFAULT_WORKERS = max(1, cpu_cores() // 2)
+
+
+# The table columns that ``Prediction.summary`` fills, after the input's name.
+SUMMARY_HEADER = f"{'label':<9}  {'p(malignant)':>12}  {'threshold':>9}  top diagnosis"
+
+
+@dataclass(frozen=True, eq=False)
+class ModelInfo(Record):
+    """Which model answered; None where unknown (a ``Prediction`` built by hand). Reads as a dict."""
+
+    name: str | None = None
+    version: str | None = None
+    architecture: str | None = None
 
 
 @dataclass
 class Prediction:
     """One image's answer. ``malignant_probability`` is how much the image resembles the malignant
     lesions of the training data (calibrated on validation), not a diagnosis. It and ``label`` are
-    None when the quality gate refused the image; ``quality['issues']`` then says why."""
+    None when the quality gate refused the image; ``quality.issues`` then says why.
+
+    ``quality`` has the same keys whether or not the gate ran: with ``check_quality=False`` it is
+    ``checked`` False, accepted, and its measurements None (see ``QualityReport``). Dicts given for
+    ``quality`` or ``model`` become a ``QualityReport`` / ``ModelInfo``."""
 
     malignant_probability: float | None
     label: str | None
     threshold: float
     diagnosis: dict[str, float] | None
-    quality: dict = field(default_factory=dict)
-    model: dict = field(default_factory=dict)
+    quality: QualityReport = field(default_factory=QualityReport)
+    model: ModelInfo = field(default_factory=ModelInfo)
+
+    def __post_init__(self):
+        if not isinstance(self.quality, QualityReport):
+            self.quality = QualityReport.from_dict(self.quality)
+        if not isinstance(self.model, ModelInfo):
+            self.model = ModelInfo.from_dict(self.model)
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the image was judged (the gate passed it, or did not run)."""
+        return bool(self.quality.accepted)
+
+    @property
+    def top_diagnosis(self) -> str | None:
+        """The class with the highest probability (the first of a tie), or None without a differential.
+        The label follows P(malignant) at the threshold, not this."""
+        return max(self.diagnosis, key=self.diagnosis.get) if self.diagnosis else None
+
+    def summary(self) -> str:
+        """One line in the columns of ``SUMMARY_HEADER``: label, P(malignant), threshold and the top
+        diagnosis, or 'refused' and the gate's issues."""
+        threshold = f"{self.threshold:>9.3f}"
+        if self.malignant_probability is None:
+            issues = "; ".join(str(i) for i in self.quality.issues) or "refused by the quality gate"
+            return f"{'refused':<9}  {'-':>12}  {threshold}  {issues}"
+        top = self.top_diagnosis
+        top = f"{top} {self.diagnosis[top]:.2f}" if top is not None else ""
+        return f"{self.label:<9}  {self.malignant_probability:>12.3f}  {threshold}  {top}"
 
     def to_dict(self) -> dict:
+        """The JSON contract (the CLI's ``--json`` line without ``input``)."""
         return {
             "malignant_probability": self.malignant_probability,
             "label": self.label,
             "threshold": self.threshold,
             "diagnosis": self.diagnosis,
-            "quality": self.quality,
-            "model": self.model,
+            "quality": self.quality.to_dict(),
+            "model": self.model.to_dict(),
         }
 
 
@@ -67,11 +115,11 @@ def _predict_decoded(inputs: list[np.ndarray], sizes: list[tuple[int, int]], mod
     logits, features = model.engine.run(batch)
     answers = model.head.answer(logits)
     quality = gate.assess(sizes, batch, features, stats.result()) if gate is not None else None
-    info = {"name": model.name, "version": model.version, "architecture": model.architecture}
+    info = ModelInfo(name=model.name, version=model.version, architecture=model.architecture)
     out = []
     for i in range(len(inputs)):
-        q = quality[i] if quality is not None else {"accepted": True, "issues": [], "checked": False}
-        accepted = q["accepted"]
+        q = quality[i] if quality is not None else QualityReport()
+        accepted = q.accepted
         out.append(Prediction(
             malignant_probability=float(answers.p_malignant[i]) if accepted else None,
             label=answers.labels[i] if accepted else None,

@@ -19,12 +19,14 @@ numpy; fitting imports scikit-learn and the data helpers lazily.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .config import GATE_VERSION, QualityConfig
 from .errors import ModelLoadError
+from .records import Record
 
 QUALITY_FILE = "quality.npz"
 NPY_HEADER_SLACK = 1 << 16  # an .npy header is a few hundred bytes
@@ -167,8 +169,30 @@ def read_statistics(data: bytes, feature_dim: int, where: str) -> tuple[np.ndarr
     return mean, precision
 
 
+@dataclass(frozen=True, eq=False)
+class QualityReport(Record):
+    """What the gate found about one image, in one shape whether or not the gate ran.
+
+    The defaults are the report of an image the gate did not look at (``checked`` False): accepted,
+    no issues, no failed checks, and every measurement (``short_side`` to ``ood_threshold``) None.
+    ``ood_score`` is also None when the distance was not finite. A read-only mapping, so code written
+    for the dict form (``report["accepted"]``, ``report.get("issues")``, ``dict(report)``) still works."""
+
+    accepted: bool = True
+    issues: list[str] = field(default_factory=list)
+    failed_checks: list[str] = field(default_factory=list)
+    checked: bool = False
+    short_side: int | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    colourfulness: float | None = None
+    sharpness: float | None = None
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+
+
 class QualityGate:
-    """Thresholds plus feature statistics; ``assess`` answers one dict per image."""
+    """Thresholds plus feature statistics; ``assess`` answers one ``QualityReport`` per image."""
 
     def __init__(self, config: QualityConfig | dict, mean: np.ndarray, precision: np.ndarray):
         if not isinstance(config, QualityConfig):
@@ -227,8 +251,8 @@ class QualityGate:
         with _one_blas_thread():
             return pixel_stats(self._stats_batch(np.asarray(batch)))
 
-    def assess(self, sizes, batch: np.ndarray, features: np.ndarray, stats: dict | None = None) -> list[dict]:
-        """One JSON-ready dict per image: accepted, issues (plain language), checked, scores.
+    def assess(self, sizes, batch: np.ndarray, features: np.ndarray, stats: dict | None = None) -> list[QualityReport]:
+        """One ``QualityReport`` per image: accepted, issues (plain language), checked, scores.
 
         ``sizes``: each original image's (width, height); ``batch``: the model inputs;
         ``features``: the engine's penultimate features for them; ``stats``: ``self.pixel_stats(batch)``
@@ -247,19 +271,19 @@ class QualityGate:
         out = []
         for i, checks in enumerate(failed):
             w, h = sizes[i]
-            out.append({
-                "accepted": not checks,
-                "issues": [MESSAGES[c].format(w=w, h=h, min_side=self.min_side) for c in checks],
-                "failed_checks": checks,
-                "checked": True,
-                "short_side": min(w, h),
-                "brightness": round(float(stats["brightness"][i]), 3),
-                "contrast": round(float(stats["contrast"][i]), 3),
-                "colourfulness": round(float(stats["colourfulness"][i]), 3),
-                "sharpness": round(float(stats["sharpness"][i]), 3),
-                "ood_score": round(float(ood[i]), 4) if np.isfinite(ood[i]) else None,
-                "ood_threshold": round(self.ood_max, 4),
-            })
+            out.append(QualityReport(
+                accepted=not checks,
+                issues=[MESSAGES[c].format(w=w, h=h, min_side=self.min_side) for c in checks],
+                failed_checks=checks,
+                checked=True,
+                short_side=min(w, h),
+                brightness=round(float(stats["brightness"][i]), 3),
+                contrast=round(float(stats["contrast"][i]), 3),
+                colourfulness=round(float(stats["colourfulness"][i]), 3),
+                sharpness=round(float(stats["sharpness"][i]), 3),
+                ood_score=round(float(ood[i]), 4) if np.isfinite(ood[i]) else None,
+                ood_threshold=round(self.ood_max, 4),
+            ))
         return out
 
 

@@ -7,6 +7,7 @@ a gate and whichever samples it refuses; the gate's own contract is checked sepa
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -17,6 +18,8 @@ from PIL import Image
 
 import skinmole
 from skinmole import InvalidImageError, Prediction, iter_predict, load_image, predict
+from skinmole.predict import SUMMARY_HEADER, ModelInfo
+from skinmole.quality import QualityReport
 from skinmole.sample_images import SAMPLES, sample_path, sample_paths
 
 BATCH_TOL = 1e-6
@@ -158,13 +161,92 @@ def test_with_the_quality_gate_on_an_answer_is_a_probability_or_a_reasoned_refus
             assert p.quality["issues"] and all(isinstance(i, str) for i in p.quality["issues"])
         json.dumps(p.to_dict(), allow_nan=False)
     if model.quality_gate is None:
-        assert all(p.quality == {"accepted": True, "issues": [], "checked": False} for p in gated)
+        assert all(p.quality == QualityReport() for p in gated)
 
 
 def test_quality_check_can_be_turned_off(batch):
     for p in batch:
         assert p.malignant_probability is not None and p.label in ("benign", "malignant")
         assert p.quality["accepted"] is True and p.quality.get("checked") is False
+
+
+@pytest.fixture(scope="module")
+def refused(model) -> Prediction:
+    """A black square: the gate refuses it (too dark, no detail)."""
+    if model.quality_gate is None:
+        pytest.skip("the bundled model has no quality gate")
+    p = predict(np.zeros((300, 300, 3), np.uint8), model)
+    assert not p.accepted
+    return p
+
+
+def test_quality_and_model_are_typed_and_still_read_as_dicts(batch, model):
+    p = batch[0]
+    assert isinstance(p.quality, QualityReport) and isinstance(p.model, ModelInfo)
+    assert (p.model.name, p.model.version, p.model.architecture) == (model.name, model.version, model.architecture)
+    assert p.model["architecture"] == model.architecture and dict(p.model) == p.model.to_dict()
+    assert p.quality["accepted"] is p.quality.accepted is True and p.quality.get("checked") is False
+    assert dict(p.quality) == p.quality.to_dict() and "issues" in p.quality and "nope" not in p.quality
+    assert p.quality.get("nope", 7) == 7
+    with pytest.raises(KeyError):
+        p.quality["nope"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.quality.accepted = False
+    p.quality.to_dict()["issues"].append("changed")  # the JSON form is a copy
+    assert p.quality.issues == []
+
+
+def test_quality_has_one_shape_whether_or_not_the_gate_ran(model, batch, refused):
+    keys = [f.name for f in dataclasses.fields(QualityReport)]
+    gated = predict(sample_paths()[0], model)
+    for p in (gated, refused, batch[0]):
+        assert list(p.quality) == keys and list(p.to_dict()["quality"]) == keys
+    off = batch[0].quality
+    assert off.checked is False and off.failed_checks == [] and off.issues == []
+    assert all(off[k] is None for k in keys[keys.index("short_side"):])
+    assert gated.quality.checked is True and isinstance(gated.quality.ood_threshold, float)
+    assert refused.quality.checked is True and refused.quality.failed_checks and refused.quality.issues
+
+
+def test_accepted_and_top_diagnosis(batch, refused):
+    for p in batch:
+        assert p.accepted is True
+        assert p.top_diagnosis == max(p.diagnosis.items(), key=lambda kv: kv[1])[0]
+    assert refused.accepted is False and refused.top_diagnosis is None
+    tie = Prediction(0.6, "malignant", 0.5, {"mel": 0.4, "nv": 0.4, "bkl": 0.2})
+    assert tie.top_diagnosis == "mel" and tie.accepted is True
+
+
+def test_summary_fills_the_table_columns(batch, refused):
+    end_of = {col: SUMMARY_HEADER.index(col) + len(col) for col in ("p(malignant)", "threshold")}
+    for p in batch:
+        line = p.summary()
+        prob, threshold = f"{p.malignant_probability:.3f}", f"{p.threshold:.3f}"
+        assert line.startswith(p.label + " ") and line[:end_of["p(malignant)"]].endswith(" " + prob)
+        assert line[:end_of["threshold"]].endswith(" " + threshold)
+        assert line.endswith(f"  {p.top_diagnosis} {p.diagnosis[p.top_diagnosis]:.2f}") and "\n" not in line
+    line = refused.summary()
+    assert line.startswith("refused ") and line[:end_of["p(malignant)"]].endswith(" -")
+    assert line.endswith("  " + "; ".join(refused.quality.issues))
+
+
+def test_to_dict_survives_json_and_rebuilds_the_prediction(batch, refused, model):
+    for p in (batch[0], refused, predict(sample_paths()[0], model)):
+        d = p.to_dict()
+        back = json.loads(json.dumps(d, allow_nan=False))
+        assert back == d
+        again = Prediction(**back)  # dicts become the typed objects
+        assert isinstance(again.quality, QualityReport) and again.quality == p.quality
+        assert again.model == p.model and again.to_dict() == d
+
+
+def test_a_hand_built_prediction_takes_partial_dicts_and_rejects_unknown_keys():
+    p = Prediction(None, None, 0.4, None, quality={"accepted": False, "issues": ["too dark"]},
+                   model={"name": "stand-in"})
+    assert p.accepted is False and p.quality.checked is False and p.model.version is None
+    assert p.summary().endswith("  too dark")
+    with pytest.raises(TypeError, match="colour"):
+        Prediction(0.5, "benign", 0.5, None, quality={"accepted": True, "colour": 1.0})
 
 
 def test_default_model_is_the_bundled_one(batch, model):
