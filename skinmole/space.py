@@ -51,16 +51,38 @@ def _dist_name(requirement: str) -> str:
     return re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement).group(1)
 
 
+def _applies(marker: str) -> bool:
+    """Whether a requirement's environment marker (less its ``extra ==`` part) holds here."""
+    marker = re.sub(r"(\s*and\s*)?extra\s*==\s*['\"][^'\"]+['\"](\s*and\s*)?", " ", marker).strip()
+    if not marker:
+        return True
+    try:
+        from packaging.markers import Marker
+    except ImportError:  # no packaging: keep the requirement rather than silently drop it
+        return True
+    return Marker(marker).evaluate()
+
+
 def pinned_requirements(extras=("demo",)) -> list[str]:
     """``name==version`` for skinmole's runtime dependencies (plus ``extras``), as installed here."""
     try:
         reqs = importlib.metadata.requires("skinmole") or []
-        names = []
-        for req in reqs:
-            marker = req.split(";", 1)[1] if ";" in req else ""
-            extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
-            if extra is None or extra.group(1) in extras:
-                names.append(_dist_name(req))
+        names, wanted, done = [], list(extras), set()
+        while wanted:  # an extra may name others, e.g. demo = ["skinmole[keras]", "gradio"]
+            done.add(wanted[0])
+            for req in reqs:
+                marker = req.split(";", 1)[1] if ";" in req else ""
+                extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+                if extra is not None and extra.group(1) != wanted[0] or extra is None and len(done) > 1:
+                    continue
+                if _dist_name(req).lower() == "skinmole":
+                    inner = re.search(r"\[([^\]]+)\]", req.split(";", 1)[0])
+                    wanted += [e.strip() for e in (inner.group(1).split(",") if inner else []) if e.strip() not in done]
+                elif _applies(marker):
+                    names.append(_dist_name(req))
+            wanted.pop(0)
+        if not extras:
+            names = [_dist_name(r) for r in reqs if "extra" not in r and _applies(r.split(";", 1)[1] if ";" in r else "")]
     except importlib.metadata.PackageNotFoundError:
         names = list(FALLBACK_REQUIREMENTS)
     out, seen = [], set()

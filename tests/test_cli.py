@@ -374,7 +374,8 @@ def test_ctrl_c_while_waiting_for_stdin_exits_130_with_one_line():
     """Paths arrive on stdin and stdin stays open: after the first answers the command waits for more.
     Ctrl-C then stops it at once with one line; the answers already given stay on stdout."""
     proc = subprocess.Popen(_command() + ["predict", "-", "--json", "--batch-size", "1", NO_GATE],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default)
     try:
         paths = [str(p) for p in sample_paths()] * 5  # more than the chunks decoded ahead on any machine
         proc.stdin.write("".join(f"{p}\n" for p in paths))
@@ -388,6 +389,12 @@ def test_ctrl_c_while_waiting_for_stdin_exits_130_with_one_line():
         proc.kill()
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             stream.close()
+
+
+def _sigint_default():
+    """In the child: Ctrl-C as in a terminal, even when the test runner was started with SIGINT
+    ignored (a background job, some CI harnesses), which the CLI rightly keeps ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_until_mapped(pid: int, library: str, timeout: float = 60.0) -> bool:
@@ -415,7 +422,7 @@ def test_ctrl_c_during_start_up_imports_exits_130_with_one_line(library):
     if not exe.is_file() or not Path("/proc/self/maps").is_file():
         pytest.skip("needs the installed skinmole console script and /proc")
     proc = subprocess.Popen([str(exe), "predict", str(sample_paths()[0]), "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
     try:
         assert _wait_until_mapped(proc.pid, library), f"{library} was never loaded"
         proc.send_signal(signal.SIGINT)

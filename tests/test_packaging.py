@@ -44,7 +44,7 @@ def _setuptools_builds_offline() -> str | None:
 def source(tmp_path_factory) -> Path:
     """What the build reads, copied out of the checkout (so the build leaves nothing in it)."""
     src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "skinmole_launcher.py"):
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "skinmole", src / "skinmole", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return src
