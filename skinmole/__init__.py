@@ -10,10 +10,11 @@ from . import privacy  # noqa: E402,F401  (first: telemetry off before any depen
 from .errors import InvalidImageError, ModelLoadError  # noqa: E402
 from .images import load_image, to_model_input  # noqa: E402
 from .model import SkinmoleModel, load_model  # noqa: E402
-from .predict import Prediction, iter_predict, predict  # noqa: E402
+from .predict import ModelInfo, Prediction, iter_predict, predict  # noqa: E402
+from .quality import QualityReport  # noqa: E402
 from .explain import explain, overlay  # noqa: E402  (TensorFlow only imported when explain() runs)
 
 __all__ = [
-    "InvalidImageError", "ModelLoadError", "Prediction", "SkinmoleModel", "__version__",
+    "InvalidImageError", "ModelInfo", "ModelLoadError", "Prediction", "QualityReport", "SkinmoleModel", "__version__",
     "explain", "iter_predict", "load_image", "load_model", "overlay", "predict", "to_model_input",
 ]

@@ -180,5 +180,8 @@ def load_pixels(s: LabelledSet, size: int, cache_dir=None, workers: int = 4) -> 
         out = np.stack(list(pool.map(one, s.paths)))
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache_file, out)
+        # Written aside and renamed: two workers filling one cache never read a half-written file.
+        tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, out)
+        os.replace(tmp, cache_file)
     return out
