@@ -18,17 +18,7 @@ import numpy as np
 from .images import load_model_input
 from .errors import DatasetError  # noqa: F401  (defined in the leaf module; importable from here too)
 
-DX_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
-MALIGNANT_DX = ["akiec", "bcc", "mel"]
-DX_NAMES = {
-    "akiec": "actinic keratosis / intraepithelial carcinoma",
-    "bcc": "basal cell carcinoma",
-    "bkl": "benign keratosis",
-    "df": "dermatofibroma",
-    "mel": "melanoma",
-    "nv": "melanocytic nevus",
-    "vasc": "vascular lesion",
-}
+from .ham10000 import DX_CLASSES, DX_NAMES, MALIGNANT_DX  # noqa: E402,F401  (the registry; importable from here too)
 BINARY_CLASSES = ["benign", "malignant"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 HAM10000_ENV = "SKINMOLE_HAM10000"

@@ -49,6 +49,7 @@ from PIL import Image
 
 # The package first: importing it turns telemetry off (Gradio's analytics included) before gradio loads.
 from . import InvalidImageError, ModelLoadError, explain, load_image, load_model, overlay, predict
+from . import ham10000
 from .explain import MIN_LOG_ODDS_SHARE
 from .model import sha256_file
 from .sample_images import SAMPLES, sample_paths
@@ -383,9 +384,8 @@ def build_app(model) -> gr.Blocks:
         gr.Examples(examples=[[str(p)] for p in sample_paths()], inputs=[image], label=examples_label(),
                     examples_per_page=len(SAMPLES), elem_id="examples")
         gr.Markdown(
-            "Example images: HAM10000 (Tschandl, Rosendahl & Kittler, *Sci. Data* 5, 180161, "
-            "2018, https://doi.org/10.1038/sdata.2018.161), via the ISIC Archive, licensed "
-            "CC BY-NC 4.0.", elem_id="attribution")
+            f"Example images: HAM10000 ({ham10000.SHORT_CITATION}, {ham10000.PAPER_DOI}), via the ISIC "
+            f"Archive, licensed {ham10000.LICENCE}.", elem_id="attribution")
         gr.Markdown(_model_line(model) + ". Uploaded images are deleted right after analysis and "
                     "are never stored or logged.", elem_id="model-line")
         button.click(lambda upload: analyse(upload, model), inputs=[image],

