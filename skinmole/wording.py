@@ -117,5 +117,5 @@ def operating_point(config: dict) -> str:
     return (f"{text} On {measured_on(config, split, metrics)}, at this threshold the model found "
             f"{plain_rate(sens)} malignant lesions (sensitivity {sens:.0%}) and flagged {plain_rate(1 - spec)} "
             f"benign lesions as malignant (specificity {spec:.0%}). "
-            + (per_source(metrics) + " " if per_source(metrics) else "")
+            + "".join(f"{w} " for w in [per_source(metrics)] if w)
             + "A lower threshold would miss fewer malignant lesions and flag more benign ones.")
