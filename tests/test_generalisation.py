@@ -62,7 +62,7 @@ def test_exclude_sources_and_source_class_weights():
     assert len(kept) == 6 and set(kept.metadata["source"]) == {"v"}
     with pytest.raises(ValueError, match="no images from source"):
         _without_sources(s, "elsewhere")
-    w = _source_class_weights(s, s.y, None)
+    w = _source_class_weights(s, np.ones(len(s)))
     y, src = s.y, np.array(s.metadata["source"])
     # Weighted, every source has the pooled share of malignant images (within the clip range).
     pooled = y.mean()
@@ -70,6 +70,60 @@ def test_exclude_sources_and_source_class_weights():
         m = src == name
         assert (w[m] * y[m]).sum() / w[m].sum() == pytest.approx(pooled, abs=1e-6)
     assert w.mean() == pytest.approx(1.0)
+
+
+def test_unknown_diagnosis_is_read_as_its_label_classes(tmp_path):
+    """ISIC 2020's benign "unknown" rows: allowed = every benign class; a known dx stays one-hot;
+    "unknown" without a label, or a label that contradicts the dx, is refused."""
+    from skinmole.data import DX_CLASSES, MALIGNANT_DX, DatasetError, read_csv
+
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / f"{name}.jpg").write_bytes(b"x")
+    (tmp_path / "labels.csv").write_text(
+        "image,label,dx\na.jpg,benign,unknown\nb.jpg,malignant,mel\nc.jpg,malignant,unknown\nd.jpg,benign,nv\n")
+    s = read_csv(tmp_path / "labels.csv", image_dir=tmp_path)
+    allowed = s.allowed_classes()
+    benign = [c not in MALIGNANT_DX for c in DX_CLASSES]
+    assert allowed[0].tolist() == [float(b) for b in benign]
+    assert allowed[2].tolist() == [float(not b) for b in benign]
+    assert allowed[1].tolist() == [float(c == "mel") for c in DX_CLASSES]
+    assert allowed[3].sum() == 1 and s.has_unknown_dx
+    with pytest.raises(DatasetError, match="unknown diagnosis"):
+        s.dx_index
+    (tmp_path / "bad.csv").write_text("image,dx\na.jpg,unknown\n")
+    with pytest.raises(DatasetError, match="needs a benign/malignant label"):
+        read_csv(tmp_path / "bad.csv", image_dir=tmp_path)
+    (tmp_path / "bad2.csv").write_text("image,label,dx\na.jpg,benign,mel\nb.jpg,malignant,mel\n")
+    with pytest.raises(DatasetError, match="contradicts"):
+        read_csv(tmp_path / "bad2.csv", image_dir=tmp_path)
+
+
+def test_partial_cross_entropy_and_the_weights_of_unknown_images():
+    """One-hot rows: exactly categorical cross-entropy. Unknown rows: -log of the allowed classes'
+    summed softmax. Their class weight is the count-weighted mean over the allowed classes."""
+    import keras
+
+    from skinmole.training import _partial_cross_entropy, _per_image_class_weights
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 7)).astype("float32")
+    allowed = np.zeros((4, 7), "float32")
+    allowed[0, 2] = allowed[1, 5] = 1
+    allowed[2, [2, 3, 5, 6]] = 1
+    allowed[3, [0, 1, 4]] = 1
+    got = np.asarray(_partial_cross_entropy(allowed, logits))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    want = -np.log((p * allowed).sum(axis=1))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    cce = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)(allowed[:2], logits[:2])
+    np.testing.assert_allclose(got[:2], np.asarray(cce), rtol=1e-5)
+
+    weights = {i: float(i + 1) for i in range(7)}
+    w = _per_image_class_weights(allowed, weights)
+    assert w[0] == pytest.approx(3.0) and w[1] == pytest.approx(6.0)
+    # Known images: one of class 2 and one of class 5, so the unknown benign row gets (3 + 6) / 2.
+    assert w[2] == pytest.approx(4.5)
+    assert np.all(_per_image_class_weights(allowed, None) == 1)
 
 
 def _sog_reference(x: np.ndarray, p: float = 6.0, eps: float = 1e-6) -> np.ndarray:

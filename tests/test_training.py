@@ -197,6 +197,25 @@ def test_init_weights_from_another_head_is_a_clear_error(tiny_model, tmp_path):
                            cache_dir=str(tmp_path / "cache"), verbose=0))
 
 
+def test_extra_training_images_of_unknown_diagnosis(tiny_model, tmp_path):
+    """--extra-train adds ISIC 2020 images (most with dx "unknown") to training only: the count
+    says so, validation and the quality gate stay on HAM10000, and the epoch trains (finite loss)."""
+    from skinmole.training import TrainOptions, train
+
+    extra = _ham().parent / "isic2020-subset" / "labels.csv"
+    if not extra.is_file():
+        pytest.skip(f"{extra} not found")
+    out = train(TrainOptions(data=str(_ham() / "labels.csv"), output=str(tmp_path / "x"), limit=40, batch_size=16,
+                             input_size=96, epochs=1, init_weights=str(tiny_model), extra_train=str(extra),
+                             extra_weight=0.5, cache_dir=str(tmp_path / "cache"), verbose=0))
+    cfg = json.loads((out / "skinmole.json").read_text())
+    assert cfg["training"]["train_images"] == 80 and cfg["metrics"]["val"]["n"] == 40
+    assert cfg["training"]["extra_weight"] == 0.5 and "isic2020-subset" in cfg["licence"]
+    assert "(40 images)" in cfg["quality"]["fitted_on"]["train"]
+    history = json.loads((out / "history.json").read_text())
+    assert np.isfinite(history[-1]["loss"]) and history[-1]["phase"] == "finetune"
+
+
 # --------------------------------------------------------------------------- dataset errors
 
 def _rows(n_benign: int, n_malignant: int) -> list[dict]:
