@@ -108,6 +108,14 @@ def ham10000_labels() -> Path | None:
     return root / "labels.csv" if root is not None else None
 
 
+def isic2020_subset_labels() -> Path | None:
+    """``isic2020-subset/labels.csv`` beside the HAM10000 folder: 2,700 ISIC 2020 images from many
+    centres (extra training images; the quality gate's test of other cameras), or None."""
+    root = ham10000_root()
+    path = root.parent / "isic2020-subset" / "labels.csv" if root is not None else None
+    return path if path is not None and path.is_file() else None
+
+
 def read_csv(csv_path, image_dir=None, split: str | None = None) -> LabelledSet:
     """Read ``image,label[,dx,split,...]`` rows; images resolve against ``image_dir`` or
     the CSV's ``images/`` folder or the CSV's own folder."""

@@ -245,3 +245,32 @@ def test_stats_computed_beside_the_engine_give_the_same_verdicts(gated, ham_imag
     assert not alone[1]["accepted"] and "too_dark" in alone[1]["failed_checks"]
     with pytest.raises(ValueError, match="one value per image"):
         gate.assess(sizes, batch, feats, gate.pixel_stats(batch[:2]))
+
+
+def test_quality_evaluation_measures_other_clinics(tmp_path, monkeypatch):
+    """The report's ``other_clinics`` entry: every row of that CSV assessed by the model's own
+    gate, the share accepted equal to what predict() says image by image."""
+    root = ham10000_or_skip()
+    other_csv = root.parent / "isic2020-subset" / "labels.csv"
+    if not other_csv.is_file():
+        pytest.skip(f"{other_csv} not found")
+    qe = _corpus_module()
+    monkeypatch.setattr(qe, "non_lesion_images", lambda seed=0: [("flat-grey", np.full((300, 300, 3), 128, np.uint8))])
+    ham_rows = (root / "labels.csv").read_text().splitlines()
+    (tmp_path / "ham.csv").write_text("\n".join([ham_rows[0]] + [r for r in ham_rows[1:] if ",test," in r and ",malignant," in r][:2]
+                                             + [r for r in ham_rows[1:] if ",test," in r and ",benign," in r][:2]) + "\n")
+    (tmp_path / "images").symlink_to(root / "images")
+    other_rows = other_csv.read_text().splitlines()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "images").symlink_to(other_csv.parent / "images")
+    picked = [other_rows[0]] + [r for r in other_rows[1:] if ",malignant," in r][:2] + [r for r in other_rows[1:] if ",benign," in r][:4]
+    (tmp_path / "other" / "labels.csv").write_text("\n".join(picked) + "\n")
+    out = tmp_path / "report.json"
+    assert qe.main(["--data", str(tmp_path / "ham.csv"), "--other-clinics", str(tmp_path / "other" / "labels.csv"),
+                    "--output", str(out)]) == 0
+    report = json.loads(out.read_text())["other_clinics"]
+    model = load_model()
+    verdicts = [predict(p, model).accepted for p in load_set(tmp_path / "other" / "labels.csv").paths]
+    assert report["n"] == 6 and report["goal"] == ">= 0.97"
+    assert report["accepted"] == pytest.approx(np.mean(verdicts), abs=1e-4)
+    assert set(report["accepted_by_label"]) == {"benign", "malignant"}
