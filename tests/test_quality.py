@@ -274,3 +274,18 @@ def test_quality_evaluation_measures_other_clinics(tmp_path, monkeypatch):
     assert report["n"] == 6 and report["goal"] == ">= 0.97"
     assert report["accepted"] == pytest.approx(np.mean(verdicts), abs=1e-4)
     assert set(report["accepted_by_label"]) == {"benign", "malignant"}
+
+
+def test_the_card_and_readme_quote_the_gate_report():
+    """The gate's figures in MODEL_CARD and README are the ones in reports/quality_eval.json (the
+    command the text names), so a re-run that changes them cannot leave the text behind."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    report = json.loads((repo / "reports" / "quality_eval.json").read_text())
+    figures = [f"{100 * report['non_lesion']['rejected']:.1f}%", f"{100 * report['real']['accepted']:.1f}%",
+               f"{100 * report['other_clinics']['accepted']:.1f}%"]
+    for doc in ("MODEL_CARD.md", "README.md"):
+        text = (repo / doc).read_text()
+        missing = [f for f in figures if f not in text]
+        assert not missing, f"{doc} does not quote {missing} from reports/quality_eval.json"
