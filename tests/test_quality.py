@@ -283,9 +283,10 @@ def test_the_card_and_readme_quote_the_gate_report():
 
     repo = Path(__file__).resolve().parent.parent
     report = json.loads((repo / "reports" / "quality_eval.json").read_text())
-    figures = [f"{100 * report['non_lesion']['rejected']:.1f}%", f"{100 * report['real']['accepted']:.1f}%",
-               f"{100 * report['other_clinics']['accepted']:.1f}%"]
+    rates = [report["non_lesion"]["rejected"], report["real"]["accepted"], report["other_clinics"]["accepted"]]
+    # The report keeps 4 decimals: either rounding of its last half-unit is the same measurement.
+    figures = [{f"{100 * (r + d):.1f}%" for d in (-5e-5, 5e-5)} for r in rates]
     for doc in ("MODEL_CARD.md", "README.md"):
         text = (repo / doc).read_text()
-        missing = [f for f in figures if f not in text]
+        missing = [sorted(f) for f in figures if not any(x in text for x in f)]
         assert not missing, f"{doc} does not quote {missing} from reports/quality_eval.json"
