@@ -22,7 +22,7 @@ import sys
 import time
 
 from . import __version__
-from .commands import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, positive_int
+from .commands import ENGINE_CHOICES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, positive_int
 
 NAME_WIDTH_MAX = 48
 PROGRESS_AFTER_S = 2.0   # a run longer than this shows a progress count (stderr on a terminal only)
@@ -41,6 +41,7 @@ COMMANDS = {
     "export-onnx": ("export_onnx", "add model.onnx to a model folder (needs the [train] extra)"),
     "publish": ("publish", "publish a model folder or the demo Space to the Hugging Face Hub"),
     "score": ("score", "score an archive of images into a Parquet file on Ray Data (needs the [scale] extra)"),
+    "quantise": ("quantise", "add an int8 copy of model.onnx to a model folder, with its measured agreement"),
 }
 
 EXIT_CODES = f"""\
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default=None, help="with a Hub repo id: the branch, tag or commit")
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                    help="images per model call (default 64)")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                   help="auto (default: the float ONNX engine), onnx, keras, or onnx-int8 (the folder's int8 "
+                        "model from 'skinmole quantise': faster, answers within the agreement its config records)")
     p.add_argument("--no-quality-check", action="store_true",
                    help="skip the image-quality / out-of-distribution gate")
     for name, (_, text) in COMMANDS.items():  # listed in --help; parsed by their own modules
@@ -116,11 +120,11 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
 
 
-def _load(source, revision):
+def _load(source, revision, engine="auto"):
     """Load the model and build its engine now, so that a bad model is one error line, not a traceback."""
     from . import load_model
 
-    model = load_model(source, revision=revision)
+    model = load_model(source, revision=revision, engine=engine)
     model.engine  # noqa: B018 - build the engine (and read the weights) before any output
     return model
 
@@ -301,7 +305,7 @@ def _predict(args, model, out: Output, err: Output, stdin) -> int:
 def _run_predict(args) -> int:
     err = Output(sys.stderr, "stderr")
     try:  # before --output is opened: a model that cannot load leaves an existing file as it was
-        model = _load(args.model, args.revision)
+        model = _load(args.model, args.revision, args.engine)
     except Exception as exc:  # noqa: BLE001 - any failure to load a model is the user's input, reported in one line
         err.write(f"skinmole: cannot load model {args.model or '(bundled default)'}: {_one_line(exc)}\n")
         return EXIT_UNREADABLE

@@ -43,7 +43,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _KEY_ORDER = (
     "format_version", "name", "version", "architecture", "input_size", "preprocessing", "class_names",
     "class_descriptions", "malignant_classes", "threshold", "threshold_rule", "temperature", "calibration",
-    "metrics", "training", "licence", "dataset_citation", "weights_files", "onnx_file", "sha256", "quality",
+    "metrics", "training", "licence", "dataset_citation", "weights_files", "onnx_file", "int8", "sha256", "quality",
 )
 _LEGACY_FILE_KEYS = ("weights_file", "weights_sha256", "onnx_file", "onnx_sha256")
 _GATE_FLOATS = ("brightness_min", "brightness_max", "contrast_min", "sharpness_min", "colour_min", "ood_max")
@@ -157,6 +157,61 @@ class QualityConfig:
 
 
 @dataclass(frozen=True)
+class Int8Config:
+    """The opt-in int8 ONNX engine (``skinmole quantise``): its file, and how far its answers were
+    measured from the float engine's when it was built (``agreement``), with the ``recipe`` that made it."""
+
+    file: str
+    split: str                 # the images the agreement was measured on
+    n: int
+    labels_flipped: int        # labels that differ from the float engine's at the threshold
+    p99_abs_dp: float          # 99th percentile of |delta P(malignant)|
+    max_abs_dp: float
+    roc_auc_float: float | None
+    roc_auc_int8: float | None
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    extras: Mapping[str, Any] = field(default_factory=dict)  # further measurements (machine, median ...)
+
+    @classmethod
+    def from_dict(cls, d, where: str = "config") -> "Int8Config":
+        w = f"{where}: int8"
+        d = _dict(where, "int8", d)
+        agreement = _dict(w, "agreement", d.get("agreement"))
+        wa = f"{w}: agreement"
+        for key in ("split", "n", "labels_flipped", "p99_abs_dp", "max_abs_dp"):
+            if key not in agreement:
+                _fail(wa, key, "missing")
+        n = _int(wa, "n", agreement["n"], 1, 10**9)
+
+        def auc(key):
+            value = agreement.get(key)
+            return None if value is None else _float(wa, key, value, 0.0, 1.0)
+
+        recipe = _dict(w, "recipe", d.get("recipe") or {})
+        if "exclude" in recipe and recipe["exclude"]:
+            _names(f"{w}: recipe", "exclude", recipe["exclude"])
+        known = ("split", "n", "labels_flipped", "p99_abs_dp", "max_abs_dp", "roc_auc_float", "roc_auc_int8")
+        return cls(
+            file=bare_file_name(w, "file", d.get("file")),
+            split=_str(wa, "split", agreement["split"]),
+            n=n,
+            labels_flipped=_int(wa, "labels_flipped", agreement["labels_flipped"], 0, n),
+            p99_abs_dp=_float(wa, "p99_abs_dp", agreement["p99_abs_dp"], 0.0, 1.0),
+            max_abs_dp=_float(wa, "max_abs_dp", agreement["max_abs_dp"], 0.0, 1.0),
+            roc_auc_float=auc("roc_auc_float"),
+            roc_auc_int8=auc("roc_auc_int8"),
+            recipe=_freeze(recipe),
+            extras=_freeze({k: v for k, v in agreement.items() if k not in known}),
+        )
+
+    def to_dict(self) -> dict:
+        agreement = {"split": self.split, "n": self.n, "labels_flipped": self.labels_flipped,
+                     "p99_abs_dp": self.p99_abs_dp, "max_abs_dp": self.max_abs_dp,
+                     "roc_auc_float": self.roc_auc_float, "roc_auc_int8": self.roc_auc_int8, **self.extras}
+        return {"file": self.file, "agreement": agreement, "recipe": dict(self.recipe)}
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """What a model folder says about its model. ``sha256`` maps every file it loads to its digest."""
 
@@ -170,6 +225,7 @@ class ModelConfig:
     sha256: Mapping[str, str]
     onnx_file: str | None = None
     quality: QualityConfig | None = None
+    int8: Int8Config | None = None  # the opt-in int8 ONNX engine, with its measured agreement
     name: str = ""
     version: str = ""
     metrics: Mapping[str, Any] = field(default_factory=dict)  # {split: summary}, the split named inside
@@ -193,6 +249,7 @@ class ModelConfig:
         """Every file the model may load, in the order it is hashed."""
         out = list(self.weights_files)
         out += [self.onnx_file] if self.onnx_file else []
+        out += [self.int8.file] if self.int8 else []
         out += [self.quality.file] if self.quality else []
         return tuple(out)
 
@@ -209,6 +266,8 @@ class ModelConfig:
         """A copy with fields replaced, validated as if parsed (``quality`` may be a dict)."""
         if isinstance(changes.get("quality"), Mapping):
             changes["quality"] = QualityConfig.from_dict(dict(changes["quality"]))
+        if isinstance(changes.get("int8"), Mapping):
+            changes["int8"] = Int8Config.from_dict(dict(changes["int8"]))
         return ModelConfig.from_dict(replace(self, **changes).to_dict())
 
     # -- one parser ---------------------------------------------------------------------------
@@ -245,12 +304,17 @@ class ModelConfig:
             _fail(where, "malignant_classes", "a benign/malignant head has malignant_classes ['malignant']")
         quality = QualityConfig.from_dict(d["quality"], where) if d.get("quality") else None
         onnx = bare_file_name(where, "onnx_file", d["onnx_file"]) if d.get("onnx_file") else None
+        int8 = Int8Config.from_dict(d["int8"], where) if d.get("int8") else None
+        if int8 is not None and version == 1:
+            _fail(where, "int8", "needs format_version 2 (skinmole.json)")
+        if int8 is not None and int8.file in (onnx, quality.file if quality else None):
+            _fail(where, "int8", f"file {int8.file!r} is already another file of the model")
         if version == 1:
             weights, sha = cls._legacy_files(d, where, onnx, quality)
         else:
-            weights, sha = cls._files(d, where, onnx, quality)
+            weights, sha = cls._files(d, where, onnx, quality, int8)
         known = {"name", "version", "metrics", "training", "weights_files", "sha256", *required, "quality",
-                 *_LEGACY_FILE_KEYS}
+                 "int8", *_LEGACY_FILE_KEYS}
         return cls(
             format_version=version,
             architecture=_str(where, "architecture", d["architecture"]),
@@ -263,6 +327,7 @@ class ModelConfig:
             sha256=_freeze(sha),
             onnx_file=onnx,
             quality=quality,
+            int8=int8,
             name=str(d.get("name") or ""),
             version=str(d.get("version") or ""),
             metrics=_freeze(_dict(where, "metrics", d.get("metrics") or {})),
@@ -271,14 +336,14 @@ class ModelConfig:
         )
 
     @staticmethod
-    def _files(d, where, onnx, quality) -> tuple[tuple[str, ...], dict]:
+    def _files(d, where, onnx, quality, int8=None) -> tuple[tuple[str, ...], dict]:
         if "weights_files" not in d or "sha256" not in d:
             raise ModelLoadError(f"{where}: not a skinmole config (missing weights_files or sha256)")
         weights = tuple(bare_file_name(where, "weights_files", n) for n in _names(where, "weights_files", d["weights_files"]))
         if weights not in (KERAS_DIR_FILES, (LEGACY_KERAS_FILE,)):
             _fail(where, "weights_files", f"must be {list(KERAS_DIR_FILES)} or ['{LEGACY_KERAS_FILE}']")
         sha = _dict(where, "sha256", d["sha256"])
-        names = set(weights) | {onnx} - {None} | ({quality.file} if quality else set())
+        names = set(weights) | {onnx} - {None} | ({quality.file} if quality else set()) | ({int8.file} if int8 else set())
         for name in sorted(names):
             if name not in sha:
                 _fail(where, "sha256", f"no digest recorded for {name}")
@@ -311,10 +376,11 @@ class ModelConfig:
             "weights_files": list(self.weights_files), "onnx_file": self.onnx_file,
             "sha256": {n: self.sha256[n] for n in self.files if n in self.sha256},
             "quality": self.quality.to_dict() if self.quality else None,
+            "int8": self.int8.to_dict() if self.int8 else None,
             **self.extras,
         }
         order = [k for k in _KEY_ORDER if k in values] + [k for k in values if k not in _KEY_ORDER]
-        optional = ("onnx_file", "quality", "metrics", "training")  # written only when set
+        optional = ("onnx_file", "int8", "quality", "metrics", "training")  # written only when set
         return {k: values[k] for k in order if k not in optional or values[k]}
 
     def to_json(self) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import ModelLoadError
 
-ENGINES = ("auto", "keras", "onnx")
+ENGINES = ("auto", "keras", "onnx", "onnx-int8")  # onnx-int8: opt-in, never what "auto" picks
 # Idle ONNX Runtime threads sleep instead of busy-waiting: on a shared machine (this one trains
 # models beside serving) spinning threads steal the cores the other threads need.
 DEFAULT_SPINNING = False
@@ -148,12 +148,14 @@ def run_in_batches(engine, pixels: np.ndarray, batch_size: int = 64) -> tuple[np
 
 
 def make_engine(folder, choice: str = "auto", keras_model=None):
-    """The engine for an opened ``ModelFolder``: ``"onnx"``, ``"keras"``, or ``"auto"``: ONNX Runtime
+    """The engine for an opened ``ModelFolder``: ``"onnx"``, ``"keras"``, ``"onnx-int8"`` (opt-in), or ``"auto"``: ONNX Runtime
     when the folder has an ONNX file (a missing onnxruntime is then an error that says so, never a
     silent switch to TensorFlow), Keras only for a folder without one. ``keras_model``: already loaded."""
     if choice not in ENGINES:
-        raise ValueError(f"engine must be 'auto', 'keras' or 'onnx', not {choice!r}")
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {choice!r}")
     config = folder.config
+    if choice == "onnx-int8":
+        return _int8_engine(folder)
     if choice == "keras" or (choice == "auto" and not config.onnx_file):
         return KerasEngine(keras_model if keras_model is not None else folder.keras_model())
     if not config.onnx_file:
@@ -163,5 +165,19 @@ def make_engine(folder, choice: str = "auto", keras_model=None):
         )
     import_onnxruntime()  # before reading 13 MB: a missing onnxruntime is said first
     engine = OnnxEngine(folder.read_verified(config.onnx_file), name=f"{folder.path}/{config.onnx_file}")
+    engine.check(config.input_size, config.n_logits, config.quality.feature_dim if config.quality else None)
+    return engine
+
+
+def _int8_engine(folder) -> OnnxEngine:
+    """The folder's int8 ONNX model (``skinmole quantise``), checked like the float one. Its answers
+    differ from the float engine's by what the config's ``int8.agreement`` records."""
+    config = folder.config
+    if not config.int8:
+        raise ModelLoadError(f"{folder.path}: engine='onnx-int8' but the model folder has no int8 model; "
+                             f"build one with: skinmole quantise {folder.path}")
+    import_onnxruntime()
+    engine = OnnxEngine(folder.read_verified(config.int8.file), name=f"{folder.path}/{config.int8.file}")
+    engine.name = "onnx-int8"
     engine.check(config.input_size, config.n_logits, config.quality.feature_dim if config.quality else None)
     return engine

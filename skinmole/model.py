@@ -126,7 +126,9 @@ def load_model(source=None, *, revision: str | None = None, engine: str = "auto"
     local model folder (or a file inside it), a Hugging Face Hub repo id ``ORG/NAME`` (``revision``
     pins a branch, tag or commit), or an already loaded ``SkinmoleModel`` (returned as is).
     ``engine``: ``"auto"`` (ONNX Runtime for a folder with an ONNX file; a missing onnxruntime is an
-    error that says so), ``"onnx"``, or ``"keras"`` (TensorFlow; the explicit opt-in). ``gate=False``
+    error that says so), ``"onnx"``, ``"keras"`` (TensorFlow; the explicit opt-in), or ``"onnx-int8"``
+    (the folder's int8 model from ``skinmole quantise``: faster, answers within the agreement its
+    config records; never chosen by ``"auto"``). ``gate=False``
     leaves the quality gate out (as when it is being fitted).
     """
     if isinstance(source, SkinmoleModel):
@@ -144,10 +146,10 @@ def _load(path: Path, engine: str, gate: bool) -> SkinmoleModel:
     from .engines import ENGINES, make_engine
 
     if engine not in ENGINES:
-        raise ValueError(f"engine must be 'auto', 'keras' or 'onnx', not {engine!r}")
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     folder = ModelFolder.open(path)
     keras_model = None
-    if engine == "keras" or not folder.config.onnx_file:
+    if engine == "keras" or (engine != "onnx-int8" and not folder.config.onnx_file):
         keras_model = folder.keras_model()
         _check_keras(folder, keras_model)
     quality_gate = None

@@ -104,6 +104,8 @@ class ModelFolder:
         c = self.config
         if name == c.onnx_file:
             return "the ONNX weights"
+        if c.int8 and name == c.int8.file:
+            return "the int8 ONNX weights"
         if c.quality and name == c.quality.file:
             return "the quality statistics"
         return "the Keras weights" if name in c.weights_files else "a file of the model"

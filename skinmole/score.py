@@ -144,13 +144,13 @@ class ScoreBatches:
     Each worker runs one ONNX Runtime thread and decodes inline: a worker is one reserved CPU, and
     the pool size is the parallelism (threads beyond it would fight over the same cores)."""
 
-    def __init__(self, model_source, batch_size: int, threads: int = WORKER_CPUS):
+    def __init__(self, model_source, batch_size: int, threads: int = WORKER_CPUS, engine: str = "auto"):
         from . import load_model
 
         previous = os.environ.get("SKINMOLE_ONNX_THREADS")
         os.environ["SKINMOLE_ONNX_THREADS"] = str(threads)  # read when the engine is built, at load
         try:
-            self.model = load_model(model_source)
+            self.model = load_model(model_source, engine=engine)
         finally:
             if previous is None:
                 os.environ.pop("SKINMOLE_ONNX_THREADS", None)
@@ -336,7 +336,7 @@ def _blocks(n: int, workers: int, batch_size: int) -> int:
     return math.ceil(n / max(1, min(batch_size, math.ceil(n / workers))))
 
 
-def _dataset(ray, paths: list[str], model_source, workers: int, batch_size: int):
+def _dataset(ray, paths: list[str], model_source, workers: int, batch_size: int, engine: str = "auto"):
     import warnings
 
     ctx = ray.data.DataContext.get_current()
@@ -345,7 +345,7 @@ def _dataset(ray, paths: list[str], model_source, workers: int, batch_size: int)
     with warnings.catch_warnings():  # the remote arguments' deprecation notice (see _fault_tolerance)
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         return ds.map_batches(
-            ScoreBatches, fn_constructor_args=(model_source, batch_size), batch_size=batch_size,
+            ScoreBatches, fn_constructor_args=(model_source, batch_size, WORKER_CPUS, engine), batch_size=batch_size,
             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=WORKER_CPUS,
             **_fault_tolerance(ray))
 
@@ -360,7 +360,7 @@ def _model_source(model):
 
 def score(source, output, *, model=None, address: str | None = None, workers: int | None = None,
           batch_size: int = 64, overwrite: bool = False,
-          progress: Callable[[int, int], None] | None = None) -> ScoreReport:
+          progress: Callable[[int, int], None] | None = None, engine: str = "auto") -> ScoreReport:
     """Score every image of ``source`` (see ``list_inputs``) into the Parquet file ``output``.
 
     ``model``: any ``load_model`` source (each worker loads it: on a cluster, a folder must exist on
@@ -369,6 +369,7 @@ def score(source, output, *, model=None, address: str | None = None, workers: in
     the number of model workers (default: one per CPU of the local machine or of the cluster).
     ``progress(done, total)`` is called as batches finish. Resumes by default; ``overwrite``
     starts over. Raises ``ScoreError`` when it cannot start, ``MissingExtraError`` without Ray.
+    ``engine``: as for ``load_model`` (``"onnx-int8"``: the folder's int8 model, opt-in).
     """
     from . import load_model
     from .engines import cpu_cores
@@ -380,7 +381,7 @@ def score(source, output, *, model=None, address: str | None = None, workers: in
         raise ScoreError(f"{output.parent}: no such folder for the output")
     paths = list_inputs(source)
     source_model = _model_source(model)
-    m = load_model(source_model)  # here first: a bad model is one error before any worker starts
+    m = load_model(source_model, engine=engine)  # here first: a bad model is one error before any worker starts
     schema = output_schema(m.class_names)
     report = ScoreReport(output=output, inputs=len(paths), overwritten=overwrite and bool(_existing_files(output)))
     if overwrite:  # the old output stays until the new one replaces it; an old run's parts go now
@@ -398,7 +399,7 @@ def score(source, output, *, model=None, address: str | None = None, workers: in
             n_workers = min(n_workers, _blocks(len(todo), n_workers, batch_size))  # no idle workers
             report.workers = n_workers
             writer = PartWriter(parts_folder(output), schema)
-            batches = _dataset(ray, todo, source_model, n_workers, batch_size).iter_batches(
+            batches = _dataset(ray, todo, source_model, n_workers, batch_size, engine).iter_batches(
                 batch_size=None, batch_format="pyarrow")
             try:
                 for table in batches:

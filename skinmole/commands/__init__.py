@@ -14,6 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The exit status of the commands that read inputs (predict, score).
 EXIT_OK, EXIT_FAILURE, EXIT_UNREADABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# --engine of predict and score: skinmole.engines.ENGINES, written out so the CLI imports no numpy to parse.
+ENGINE_CHOICES = ("auto", "onnx", "onnx-int8", "keras")
 
 
 def positive_int(text: str) -> int:

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, positive_int
+from . import ENGINE_CHOICES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, positive_int
 
 PROGRESS_EVERY_S = 10.0
 
@@ -47,6 +47,9 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="SOURCE", default=None,
                    help="a model folder (on every node) or a Hugging Face repo id ORG/NAME (default: bundled)")
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="images per model call (default 64)")
+    p.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                   help="auto (default: the float ONNX engine), onnx, keras, or onnx-int8 (the folder's int8 "
+                        "model from 'skinmole quantise': faster, answers within the agreement its config records)")
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming an existing output")
     return p
 
@@ -74,7 +77,8 @@ def main(argv=None, prog: str | None = None) -> int:
         import_ray()
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its per-run notices; the summary says it all
         report = score(args.source, args.output, model=args.model, address=args.address, workers=args.workers,
-                       batch_size=args.batch_size, overwrite=args.overwrite, progress=_Progress())
+                       batch_size=args.batch_size, overwrite=args.overwrite, progress=_Progress(),
+                       engine=args.engine)
     except MissingExtraError as exc:
         say(str(exc))
         return EXIT_FAILURE
