@@ -154,3 +154,18 @@ def test_quantise_refuses_overlapping_calibration_and_validation(tiny_folder, tm
     assert main(["quantise", str(folder), "--calibration", str(tree), "--validation", str(tree)]) == 1
     assert "overlap" in capsys.readouterr().err
     assert not (folder / INT8_FILE).exists()
+
+
+def test_score_workers_use_the_int8_engine(int8_folder, tmp_path):
+    pytest.importorskip("pyarrow")
+    from skinmole.commands.score import parser
+    from skinmole.score import ScoreBatches
+
+    assert parser().parse_args(["archive", "-o", "out.parquet", "--engine", "onnx-int8"]).engine == "onnx-int8"
+    path = tmp_path / "mole.png"
+    Image.fromarray(pixels(1, 5)[0]).save(path)
+    worker = ScoreBatches(str(int8_folder), 2, engine="onnx-int8")
+    assert worker.model.engine.name == "onnx-int8"
+    row = worker({"path": np.array([str(path)], dtype=object)}).to_pylist()[0]
+    expected = skinmole.predict(path, model=skinmole.load_model(int8_folder, engine="onnx-int8"))
+    assert row["malignant_probability"] == pytest.approx(expected.malignant_probability, abs=1e-6)
