@@ -343,7 +343,7 @@ class ModelConfig:
         if weights not in (KERAS_DIR_FILES, (LEGACY_KERAS_FILE,)):
             _fail(where, "weights_files", f"must be {list(KERAS_DIR_FILES)} or ['{LEGACY_KERAS_FILE}']")
         sha = _dict(where, "sha256", d["sha256"])
-        names = set(weights) | {onnx} - {None} | ({quality.file} if quality else set()) | ({int8.file} if int8 else set())
+        names = set(weights) | {onnx, quality.file if quality else None, int8.file if int8 else None} - {None}
         for name in sorted(names):
             if name not in sha:
                 _fail(where, "sha256", f"no digest recorded for {name}")

@@ -148,9 +148,10 @@ def run_in_batches(engine, pixels: np.ndarray, batch_size: int = 64) -> tuple[np
 
 
 def make_engine(folder, choice: str = "auto", keras_model=None):
-    """The engine for an opened ``ModelFolder``: ``"onnx"``, ``"keras"``, ``"onnx-int8"`` (opt-in), or ``"auto"``: ONNX Runtime
-    when the folder has an ONNX file (a missing onnxruntime is then an error that says so, never a
-    silent switch to TensorFlow), Keras only for a folder without one. ``keras_model``: already loaded."""
+    """The engine for an opened ``ModelFolder``: ``"onnx"``, ``"keras"``, ``"onnx-int8"`` (opt-in), or
+    ``"auto"``: ONNX Runtime when the folder has an ONNX file (a missing onnxruntime is then an error
+    that says so, never a silent switch to TensorFlow), Keras only for a folder without one; never
+    int8. ``keras_model``: already loaded."""
     if choice not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {choice!r}")
     config = folder.config

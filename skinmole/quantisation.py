@@ -2,7 +2,7 @@
 
 ONNX Runtime static quantisation (QDQ format, per-channel int8 weights, activation ranges calibrated
 on training images, never on the images the agreement is measured on). The recipe, the nodes kept in
-float and the calibration are chosen on the validation split (``experiments/int8_sensitivity.py``);
+float and the calibration are chosen on the validation split (``experiments/int8_engine.py``);
 the agreement with the float engine on that split (labels flipped at the threshold, |delta
 P(malignant)|, ROC AUC) is recorded beside the file, because an int8 engine that changes answers must
 say by how much. It is opt-in (``engine="onnx-int8"``), never the default.
@@ -61,7 +61,7 @@ class Recipe:
         return out
 
 
-# The recipe `skinmole quantise` uses: chosen on HAM10000's validation split (experiments/int8_sensitivity.py).
+# The recipe `skinmole quantise` uses: chosen on HAM10000's validation split (experiments/int8_engine.py).
 DEFAULT_RECIPE = Recipe()
 
 
@@ -117,19 +117,20 @@ def quantise_onnx(src, dst, calibration_pixels: np.ndarray, recipe: Recipe = DEF
     return dst
 
 
-def _preprocessed(path) -> bool:
-    """Whether ``quant_pre_process`` already ran on this file (it is then not run again)."""
+def _load(path):
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    return any(p.key == "onnx.quant.pre_process" for p in model.metadata_props)
+    return onnx.load(str(path), load_external_data=False)
+
+
+def _preprocessed(path) -> bool:
+    """Whether ``quant_pre_process`` already ran on this file (it is then not run again)."""
+    return any(p.key == "onnx.quant.pre_process" for p in _load(path).metadata_props)
 
 
 def _weight_names(path, nodes) -> list[str]:
     """The weight initialiser of each named Conv/Gemm node; an unknown name is an error."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
+    graph = _load(path).graph
     by_name = {n.name: n for n in graph.node}
     missing = [n for n in nodes if n not in by_name]
     if missing:
@@ -139,9 +140,7 @@ def _weight_names(path, nodes) -> list[str]:
 
 def depthwise_nodes(onnx_path) -> list[str]:
     """The depthwise convolutions (group == input channels) of an ONNX model, by name."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    graph = _load(onnx_path).graph
     out = []
     for n in graph.node:
         group = next((a.i for a in n.attribute if a.name == "group"), 1)
@@ -171,9 +170,7 @@ def agreement(float_logits: np.ndarray, int8_logits: np.ndarray, head, y=None) -
 
 def conv_nodes(onnx_path) -> list[str]:
     """Names of the nodes a sensitivity search may keep in float (Conv and Gemm), in graph order."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    graph = _load(onnx_path).graph
     return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm")]
 
 
