@@ -65,6 +65,12 @@ class Recipe:
 DEFAULT_RECIPE = Recipe()
 
 
+def calibration_sample(available: int, n: int, seed: int = 0) -> np.ndarray:
+    """Which training images calibrate (sorted indices of a seeded random sample): the command and
+    the experiment take the same ones, as the agreement moves with the sample (34-42 flips)."""
+    return np.sort(np.random.default_rng(seed).permutation(available)[:n])
+
+
 def quantise_onnx(src, dst, calibration_pixels: np.ndarray, recipe: Recipe = DEFAULT_RECIPE,
                   calibration_cache=None) -> Path:
     """Write the int8 (QDQ) copy of the ONNX model ``src`` to ``dst``; activation ranges from
@@ -197,7 +203,8 @@ def cpu_description() -> str:
 
 
 def quantise_model_folder(folder, calibration_pixels: np.ndarray, validation_pixels: np.ndarray,
-                          validation_y=None, *, recipe: Recipe = DEFAULT_RECIPE, split: str = "validation"):
+                          validation_y=None, *, recipe: Recipe = DEFAULT_RECIPE, split: str = "validation",
+                          calibration_source: str = ""):
     """Build ``model-int8.onnx`` from the folder's checked ``model.onnx``, measure it against the float
     engine on ``validation_pixels`` (never the calibration images), and record the file, its sha256,
     the recipe and that agreement in the config (``ModelFolder.update``, the config's one writer).
@@ -233,4 +240,6 @@ def quantise_model_folder(folder, calibration_pixels: np.ndarray, validation_pix
         tmp_dst.write_bytes(staged.read_bytes())
         tmp_dst.replace(dst)
     entry = {"file": INT8_FILE, **describe(recipe, measured, split)}
+    if calibration_source:
+        entry["recipe"]["calibration_source"] = calibration_source
     return model_folder.update(int8=entry, written=[INT8_FILE])

@@ -55,6 +55,13 @@ def _images(source, split: str, default_source):
     return load_set(source)
 
 
+def _name(source: str) -> str:
+    """A data source as recorded in the config: its last two path parts (``ham10000/labels.csv[val]``)."""
+    from pathlib import Path
+
+    return "/".join(Path(source).parts[-2:])
+
+
 def main(argv=None, prog: str | None = None) -> int:
     args = parser(prog).parse_args(argv)
     from dataclasses import replace
@@ -64,11 +71,9 @@ def main(argv=None, prog: str | None = None) -> int:
 
     try:
         require("train", "int8 quantisation")
-        import numpy as np
-
         from ..data import ham10000_labels, load_pixels
         from ..model_folder import ModelFolder
-        from ..quantisation import DEFAULT_RECIPE, quantise_model_folder
+        from ..quantisation import DEFAULT_RECIPE, calibration_sample, quantise_model_folder
 
         recipe = DEFAULT_RECIPE
         if args.calibration_images:
@@ -80,12 +85,13 @@ def main(argv=None, prog: str | None = None) -> int:
         if set(map(str, train.paths)) & set(map(str, val.paths)):
             raise ValueError("the calibration and validation images overlap: the agreement must be measured "
                              "on images the calibration never saw")
-        pick = np.sort(np.random.default_rng(0).permutation(len(train))[:recipe.calibration_images])
-        calibration = load_pixels(train.subset(pick), size, args.cache)
+        calibration = load_pixels(train.subset(calibration_sample(len(train), recipe.calibration_images)),
+                                  size, args.cache)
         validation = load_pixels(val, size, args.cache)
         config = quantise_model_folder(args.model, calibration, validation, val.y,
                                        recipe=replace(recipe, calibration_images=len(calibration)),
-                                       split=f"{val.source} ({len(val)} images)")
+                                       split=f"{_name(val.source)} ({len(val)} images)",
+                                       calibration_source=f"{_name(train.source)}: seeded random sample (seed 0)")
     except (ModelLoadError, DatasetError, ValueError, ImportError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
