@@ -206,7 +206,7 @@ class ModelFolder:
             (path / name).unlink(missing_ok=True)          # folder, and a hard-linked old copy is not written into
         keras_model.save(str(path), zipped=False)
         values = {k: v for k, v in dict(config).items()
-                  if k not in ("weights_file", "weights_sha256", "onnx_file", "onnx_sha256", "quality", "sha256")}
+                  if k not in ("weights_file", "weights_sha256", "onnx_file", "onnx_sha256", "quality", "int8", "sha256")}
         values.update(format_version=2, weights_files=list(KERAS_DIR_FILES),
                       sha256={n: sha256_file(path / n) for n in KERAS_DIR_FILES})
         new = ModelConfig.from_dict(values, str(path / SKINMOLE_FILE))

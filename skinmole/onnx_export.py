@@ -466,5 +466,5 @@ def export_model_folder(folder, keras_model=None, *, check: bool = True) -> Path
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    model_folder.update(onnx_file=ONNX_FILE, written=[ONNX_FILE])
+    model_folder.update(onnx_file=ONNX_FILE, int8=None, written=[ONNX_FILE])  # an int8 copy of the old file is stale
     return path

@@ -169,3 +169,22 @@ def test_score_workers_use_the_int8_engine(int8_folder, tmp_path):
     row = worker({"path": np.array([str(path)], dtype=object)}).to_pylist()[0]
     expected = skinmole.predict(path, model=skinmole.load_model(int8_folder, engine="onnx-int8"))
     assert row["malignant_probability"] == pytest.approx(expected.malignant_probability, abs=1e-6)
+
+
+def test_re_exporting_model_onnx_drops_the_stale_int8_record(int8_folder, tiny_keras_model, tmp_path):
+    from skinmole.onnx_export import export_model_folder
+
+    folder = copy_model_folder(int8_folder, tmp_path / "m")
+    export_model_folder(folder, tiny_keras_model)
+    assert "int8" not in json.loads(config_path(folder).read_text())
+    with pytest.raises(ModelLoadError, match="no int8 model"):
+        skinmole.load_model(folder, engine="onnx-int8")
+
+
+def test_a_new_folder_from_a_config_with_int8_does_not_inherit_it(int8_folder, tiny_keras_model, tmp_path):
+    from skinmole.model import read_config
+    from skinmole.model_folder import ModelFolder
+
+    config = read_config(int8_folder)
+    assert config["int8"]["file"] == INT8_FILE
+    assert ModelFolder.create(tmp_path / "new", tiny_keras_model, config).config.int8 is None
