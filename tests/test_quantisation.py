@@ -188,3 +188,14 @@ def test_a_new_folder_from_a_config_with_int8_does_not_inherit_it(int8_folder, t
     config = read_config(int8_folder)
     assert config["int8"]["file"] == INT8_FILE
     assert ModelFolder.create(tmp_path / "new", tiny_keras_model, config).config.int8 is None
+
+
+def test_quantise_without_onnx_names_the_extra(monkeypatch, tiny_folder, capsys):
+    import sys
+
+    from skinmole.cli import main
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # looks uninstalled
+    assert main(["quantise", str(tiny_folder)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pip install 'skinmole[train]'" in err
