@@ -174,6 +174,15 @@ def agreement(float_logits: np.ndarray, int8_logits: np.ndarray, head, y=None) -
     return out
 
 
+def gate_agreement(gate, float_features: np.ndarray, int8_features: np.ndarray) -> dict:
+    """How often the quality gate's out-of-distribution verdict changes when it reads the int8
+    engine's features instead of the float ones (its limit was fitted on float features)."""
+    ood_float, ood_int8 = gate.ood_scores(float_features), gate.ood_scores(int8_features)
+    changed = int(np.sum((ood_float > gate.ood_max) != (ood_int8 > gate.ood_max)))
+    return {"ood_verdicts_changed": changed,
+            "ood_score_p99_relative_change": float(np.quantile(np.abs(ood_int8 / ood_float - 1), 0.99))}
+
+
 def conv_nodes(onnx_path) -> list[str]:
     """Names of the nodes a sensitivity search may keep in float (Conv and Gemm), in graph order."""
     graph = _load(onnx_path).graph
@@ -232,9 +241,13 @@ def quantise_model_folder(folder, calibration_pixels: np.ndarray, validation_pix
         quantise_onnx(src, staged, calibration_pixels, recipe)
         int8_engine = OnnxEngine(staged)
         int8_engine.check(config.input_size, config.n_logits, config.quality.feature_dim if config.quality else None)
-        float_logits = run_in_batches(OnnxEngine(float_bytes), validation_pixels)[0]
-        int8_logits = run_in_batches(int8_engine, validation_pixels)[0]
+        float_logits, float_features = run_in_batches(OnnxEngine(float_bytes), validation_pixels)
+        int8_logits, int8_features = run_in_batches(int8_engine, validation_pixels)
         measured = agreement(float_logits, int8_logits, Head.from_config(config), validation_y)
+        if config.quality:
+            from .quality import QualityGate
+
+            measured.update(gate_agreement(QualityGate.from_folder(model_folder), float_features, int8_features))
         measured.update(cpu=cpu_description(), onnxruntime=onnxruntime.__version__)
         tmp_dst = dst.with_name(f".{INT8_FILE}.tmp")
         tmp_dst.write_bytes(staged.read_bytes())

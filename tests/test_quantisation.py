@@ -46,6 +46,7 @@ def test_the_int8_file_is_recorded_with_its_sha256_and_agreement(int8_folder):
     assert agreement["n"] == 20 and 0 <= agreement["labels_flipped"] <= 20
     assert 0 <= agreement["p99_abs_dp"] <= agreement["max_abs_dp"] <= MAX_DP
     assert agreement["roc_auc_float"] is not None and agreement["roc_auc_int8"] is not None
+    assert 0 <= agreement["ood_verdicts_changed"] <= 20  # the gate read the int8 features too
     assert config["int8"]["recipe"]["calibration_images"] == 32
     import onnx
 
