@@ -134,6 +134,13 @@ def bench_arrays(model, paths, repeats, skip_keras) -> dict:
         "predict_decoded_size": lambda: skinmole.predict(decoded, model=model),
         "engine": engine_call,
     }
+    int8 = None
+    if model.config.get("int8"):  # the opt-in int8 engine, timed in the same interleaved rounds as float
+        import skinmole as _sm
+
+        int8 = _sm.load_model(model.folder, engine="onnx-int8", gate=model.quality_gate is not None)
+        runs["engine_int8"] = lambda: [int8.engine.run(batch[i:i + DEFAULT_BATCH]) for i in range(0, n, DEFAULT_BATCH)]
+        runs["predict_int8"] = lambda: skinmole.predict(arrays, model=int8)
     variants = {}  # ONNX Runtime thread settings, same 64-image batches; timed apart, as a spinning
     if model.config.get("onnx_file"):  # session's idle threads would take CPU from whatever runs next
         ort = model.engine if model.engine.name == "onnx" else OnnxEngine(model.folder / model.config["onnx_file"])
@@ -146,9 +153,12 @@ def bench_arrays(model, paths, repeats, skip_keras) -> dict:
     for fn in [*runs.values(), *variants.values()]:  # warm-up: first-call allocations, thread start-up
         fn()
     times = timed(runs, repeats)
-    for name in ("predict", "predict_no_quality", "predict_decoded_size", "engine", "onnxruntime_one_call"):
+    for name in ("predict", "predict_no_quality", "predict_decoded_size", "engine", "onnxruntime_one_call",
+                 "engine_int8", "predict_int8"):
         if name in times:
             out[name] = rate(times[name])
+    if int8 is not None:  # issue 15's goal: >= 2x the float engine's images/s, side by side
+        out["int8_speedup"] = {k: out[f"{k}_int8"]["images_per_s"] / out[k]["images_per_s"] for k in ("engine", "predict")}
     out["predict_over_engine"] = out["predict"]["seconds"]["median"] / out["engine"]["seconds"]["median"]
     # CPU time is far less disturbed by other processes than wall time on a shared machine
     out["predict_over_engine_cpu"] = out["predict"]["cpu_seconds"]["median"] / out["engine"]["cpu_seconds"]["median"]
@@ -286,6 +296,11 @@ def fmt(res: dict) -> str:
                      f"{a['predict_over_engine_cpu']:.2f}x (no quality gate: {a['predict_no_quality_over_engine_cpu']:.2f}x)"))
         if "onnxruntime_one_call" in a:
             rows.append((f"{a['n']} arrays, raw ONNX Runtime session, one call", rate(a["onnxruntime_one_call"])))
+        if "int8_speedup" in a:
+            rows.append((f"{a['n']} arrays, int8 engine.run only (opt-in)", rate(a["engine_int8"])))
+            rows.append((f"{a['n']} arrays, predict() with the int8 engine", rate(a["predict_int8"])))
+            rows.append(("int8 / float images/s (engine; predict)",
+                         f"{a['int8_speedup']['engine']:.2f}x; {a['int8_speedup']['predict']:.2f}x"))
         for key, v in a.get("onnxruntime_settings", {}).items():
             rows.append((f"{a['n']} arrays, ONNX Runtime {key}", rate(v)))
         if "keras_predict" in a:
