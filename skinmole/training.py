@@ -55,6 +55,11 @@ class TrainOptions:
     # write model.keras and the history only; finish the folder where the validation split is with
     # --init-weights FOLDER/model.keras --epochs 0.
     validation: bool = True
+    # --no-finish: keep the epoch with the best validation ROC AUC, then write only model.keras, the
+    # history and every epoch's validation P(malignant) (val_predictions.npz): no temperature,
+    # threshold, ONNX or quality gate, which need scikit-learn and the ONNX tools (e.g. on a lent GPU
+    # machine, experiments/device_run.py); finish elsewhere with --init-weights ... --epochs 0.
+    finish: bool = True
     # The generalisation recipe (MODEL_CARD "What we tried"): augmentation "standard" or "camera"
     # (white balance, gamma, field-of-view vignette); colour constancy inside the model;
     # "source-class" weights each (collection, class) so that no collection predicts the label.
@@ -314,13 +319,17 @@ def train(opts: TrainOptions) -> Path:
         """The served arithmetic (skinmole.head) for this model's classes at a temperature."""
         return Head(tuple(class_names), tuple(malignant), temperature, threshold, not use_dx)
 
+    val_probabilities: list[np.ndarray] = []  # each epoch's validation P(malignant), for --no-finish
+
     def val_auc() -> float:
-        from sklearn.metrics import roc_auc_score
+        from .evaluation import rank_auc  # mid-rank Mann-Whitney, as roc_auc_score, without scikit-learn
 
         if not dist.chief:
             return float("nan")  # the chief keeps the best epoch: its weights are the ones saved
         logits = dist.local_predict(model, x_val, batch_size=256)
-        return float(roc_auc_score(y_val_bin, head(1.0, 0.5).malignant_probability(logits)))
+        p = head(1.0, 0.5).malignant_probability(logits)
+        val_probabilities.append(np.asarray(p, "float32"))
+        return float(rank_auc(np.concatenate([p[y_val_bin == 1], p[y_val_bin == 0]]), int(y_val_bin.sum()))[0])
 
     class Track(keras.callbacks.Callback):
         def __init__(self, phase):
@@ -375,11 +384,16 @@ def train(opts: TrainOptions) -> Path:
     model = dist.plain_model(model)  # the steps below run in this process alone
     if best["weights"] is not None:
         model.set_weights(best["weights"])
-    if val_set is None:
+    if val_set is None or not opts.finish:
         out.mkdir(parents=True, exist_ok=True)
         model.save(out / "model.keras")
         _write_history(out, history)
-        _log(f"wrote {out / 'model.keras'} (last epoch, {train_seconds:.0f} s); finish the folder with the "
+        if val_set is not None:
+            np.savez(out / "val_predictions.npz", image=np.array([Path(p).name for p in val_set.paths]),
+                     y=y_val_bin, epoch=np.array([r["epoch"] for r in history][len(history) - len(val_probabilities):]),
+                     p_malignant=np.array(val_probabilities, "float32").reshape(-1, len(val_set)))
+        kept = f"best epoch {best['epoch']}" if val_set is not None else "last epoch"
+        _log(f"wrote {out / 'model.keras'} ({kept}, {train_seconds:.0f} s); finish the folder with the "
              f"validation split: skinmole train --init-weights {out / 'model.keras'} --epochs 0 ...")
         return out
 
@@ -465,7 +479,7 @@ class Checkpoint:
     def __init__(self, folder: Path, opts: TrainOptions):
         self.folder = Path(folder)
         self.options = {k: v for k, v in asdict(opts).items()
-                        if k not in ("verbose", "cache_dir", "resume", "output", "distribute")}
+                        if k not in ("verbose", "cache_dir", "resume", "output", "distribute", "finish")}
         self.state_file = self.folder / "state.json"
 
     def restore(self, model, history: list, best: dict) -> set[str]:
