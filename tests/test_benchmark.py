@@ -28,16 +28,21 @@ def onnx_folder(tmp_path_factory):
     return folder
 
 
-def test_benchmark_quick_runs_and_writes_json(onnx_folder, tmp_path):
-    pytest.importorskip("onnxruntime")
+def _quick_benchmark(folder, tmp_path):
+    """``benchmark.py --quick`` on the sample images: (the finished process, its JSON)."""
     out = tmp_path / "bench.json"
     res = subprocess.run(
-        [sys.executable, "benchmarks/benchmark.py", "--quick", "--skip-keras", "--n", "4", "--model", str(onnx_folder),
+        [sys.executable, "benchmarks/benchmark.py", "--quick", "--skip-keras", "--n", "4", "--model", str(folder),
          "--images", str(SAMPLES), "--output", str(out)],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    data = json.loads(out.read_text())
+    return res, json.loads(out.read_text())
+
+
+def test_benchmark_quick_runs_and_writes_json(onnx_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    res, data = _quick_benchmark(onnx_folder, tmp_path)
     assert data["engine"] == "onnx"
     assert data["arrays"]["n"] == 4 and data["files"]["n"] == len(list(SAMPLES.glob("*.jpg")))
     for key in ("predict", "engine", "onnxruntime_one_call"):
@@ -71,14 +76,8 @@ def test_benchmark_times_the_int8_engine_beside_the_float_one(onnx_folder, tmp_p
     quantise_model_folder(folder, rng.integers(0, 256, (16, size, size, 3), dtype=np.uint8),
                           rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8), np.array([0, 1] * 4),
                           recipe=Recipe(calibration_images=16), split="random pixels (8 images)")
-    out = tmp_path / "bench.json"
-    res = subprocess.run(
-        [sys.executable, "benchmarks/benchmark.py", "--quick", "--skip-keras", "--n", "4", "--model", str(folder),
-         "--images", str(SAMPLES), "--output", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    arrays = json.loads(out.read_text())["arrays"]
+    res, data = _quick_benchmark(folder, tmp_path)
+    arrays = data["arrays"]
     assert arrays["engine_int8"]["images_per_s"] > 0 and arrays["predict_int8"]["images_per_s"] > 0
     assert arrays["int8_speedup"]["engine"] == pytest.approx(
         arrays["engine_int8"]["images_per_s"] / arrays["engine"]["images_per_s"])
