@@ -90,6 +90,15 @@ class SkinmoleModel:
         return self.spec.weights_sha256
 
     @property
+    def answer_sha256(self) -> str:
+        """The sha256 of the file whose numbers the answers are: the Keras weights for the float
+        engines (``model.onnx`` is their export, equal within 1e-4), the int8 file for the int8
+        engine, whose answers differ by its recorded agreement."""
+        if self.engine.name == "onnx-int8":
+            return self.spec.sha256[self.spec.int8.file]
+        return self.weights_sha256
+
+    @property
     def keras_model(self):
         """The ``keras.Model`` (raw RGB pixels in, logits out) from the checked weights, in Keras'
         safe mode; loaded on first use (imports TensorFlow)."""

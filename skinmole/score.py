@@ -124,7 +124,7 @@ def output_schema(class_names: Iterable[str]):
 def result_row(path: str, result, model) -> dict:
     """The output row of one ``iter_predict`` answer (a ``Prediction`` or an ``InvalidImageError``)."""
     row = {"path": path, "threshold": model.threshold, "model_name": model.name,
-           "model_version": model.version, "model_sha256": model.weights_sha256}
+           "model_version": model.version, "model_sha256": model.answer_sha256}
     if isinstance(result, Exception):
         return {**row, "error": str(result)}
     q = result.quality
@@ -387,7 +387,7 @@ def score(source, output, *, model=None, address: str | None = None, workers: in
     if overwrite:  # the old output stays until the new one replaces it; an old run's parts go now
         shutil.rmtree(parts_folder(output), ignore_errors=True)
     old_files = [] if overwrite else _existing_files(output)
-    done, errors = _read_done(old_files, schema, m.weights_sha256)
+    done, errors = _read_done(old_files, schema, m.answer_sha256)
     todo = [p for p in paths if p not in done]
     report.skipped = len(paths) - len(todo)
     report.retried_errors = sum(1 for p in todo if p in errors)

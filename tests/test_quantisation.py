@@ -170,6 +170,26 @@ def test_score_workers_use_the_int8_engine(int8_folder, tmp_path):
     row = worker({"path": np.array([str(path)], dtype=object)}).to_pylist()[0]
     expected = skinmole.predict(path, model=skinmole.load_model(int8_folder, engine="onnx-int8"))
     assert row["malignant_probability"] == pytest.approx(expected.malignant_probability, abs=1e-6)
+    # The row names the file whose numbers it holds: the int8 model, not the float weights.
+    assert row["model_sha256"] == json.loads(config_path(int8_folder).read_text())["sha256"][INT8_FILE]
+    assert row["model_sha256"] != skinmole.load_model(int8_folder).weights_sha256
+
+
+def test_a_float_score_output_is_not_resumed_with_the_int8_engine(int8_folder, tmp_path):
+    """Rows of the float engine and of the int8 engine never end up mixed in one output."""
+    pytest.importorskip("pyarrow")
+    from skinmole.score import PartWriter, ScoreBatches, ScoreError, output_schema, parts_folder, score
+
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"mole{i}.png")
+        Image.fromarray(pixels(1, 10 + i)[0]).save(paths[-1])
+    out = tmp_path / "scores.parquet"
+    writer = PartWriter(parts_folder(out), output_schema(skinmole.load_model(int8_folder).class_names))
+    writer.add(ScoreBatches(str(int8_folder), 2)({"path": np.array([str(paths[0])], dtype=object)}))
+    writer.flush()
+    with pytest.raises(ScoreError, match="another model"):
+        score(paths[1], out, model=str(int8_folder), engine="onnx-int8")
 
 
 def test_re_exporting_model_onnx_drops_the_stale_int8_record(int8_folder, tiny_keras_model, tmp_path):
