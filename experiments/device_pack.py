@@ -16,9 +16,12 @@ matplotlib). So this writes, under ``device/`` (ignored by git):
 - ``manifest.json``: what is in the pack and how the images were stored.
 
 The budget is 64 MiB minus what the checkout itself sends (tracked and untracked-not-ignored files);
-the script refuses (exit 2, pack removed) when the pack does not fit. Usage:
+the script refuses (exit 2, pack removed) when the pack does not fit. Measured 2026-11-30 (checkout
+35.8 MiB): HAM10000 train+val fits as WebP 75 (40 dB PSNR at the model input); with the ISIC subset
+only without rosendahl (left-out-clinic runs) and at WebP 60-65. Usage:
 
-    python experiments/device_pack.py [--architectures efficientnet-lite0] [--isic] [--python-version 3.12]
+    python experiments/device_pack.py                          # all-train and left-out-clinic runs
+    python experiments/device_pack.py --isic --exclude-sources rosendahl --min-quality 60   # + --extra-train
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ DEVICE_PYTHON = "3.12"  # the device image's python3 (KINDS.md: Python 3.12.3, t
 DEVICE_WHEELS = ("keras", "namex", "optree")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
-QUALITIES = (None, 90, 85, 80, 75, 70)  # None: the original files; else WebP quality, best first
+QUALITIES = (None, 90, 85, 80, 75, 70, 65, 60)  # None: the original files; else WebP quality, best first
+MIN_QUALITY = 70  # below this by default the pack is refused: 40 dB PSNR at the model input at 75
 
 
 class PackTooLarge(ValueError):
@@ -92,10 +96,11 @@ def write_imagenet(dest: Path, architecture: str) -> Path:
     return path
 
 
-def _rows(labels: Path, splits: set[str] | None) -> tuple[list[str], list[dict]]:
+def _rows(labels: Path, splits: set[str] | None, drop_sources: set[str] = frozenset()) -> tuple[list[str], list[dict]]:
     with labels.open(newline="") as f:
         reader = csv.DictReader(f)
-        rows = [r for r in reader if splits is None or "split" not in reader.fieldnames or r["split"] in splits]
+        rows = [r for r in reader if (splits is None or "split" not in reader.fieldnames or r["split"] in splits)
+                and r.get("source") not in drop_sources]
         return list(reader.fieldnames or []), rows
 
 
@@ -124,9 +129,21 @@ def psnr_at_model_input(images: list[Path], quality: int | None, size: int = 128
     return round(float(np.mean(values)), 1)
 
 
-def write_images_zip(labels: Path, dest: Path, splits: set[str] | None, quality: int | None) -> dict:
+def estimate_zip_bytes(labels: Path, splits: set[str] | None, quality: int | None, drop_sources: set[str] = frozenset(),
+                       every: int = 25) -> int:
+    """The archive's size at ``quality`` from every ``every``-th image (one pass over all costs minutes)."""
+    _, rows = _rows(labels, splits, drop_sources)
+    image_dir = labels.parent / "images" if (labels.parent / "images").is_dir() else labels.parent
+    sample = rows[::every]
+    with ThreadPoolExecutor(4) as pool:
+        sizes = list(pool.map(lambda r: len(_encoded(image_dir / r["image"], quality)[1]), sample))
+    return int(sum(sizes) * len(rows) / max(1, len(sample))) + 120 * len(rows)  # + zip headers, labels.csv
+
+
+def write_images_zip(labels: Path, dest: Path, splits: set[str] | None, quality: int | None,
+                     drop_sources: set[str] = frozenset()) -> dict:
     """A ZIP_STORED archive of ``labels.csv`` (the rows of ``splits``, image names as stored) and its images."""
-    fields, rows = _rows(labels, splits)
+    fields, rows = _rows(labels, splits, drop_sources)
     image_dir = labels.parent / "images" if (labels.parent / "images").is_dir() else labels.parent
     paths = [image_dir / (r["image"] if Path(r["image"]).suffix else r["image"] + ".jpg") for r in rows]
     with ThreadPoolExecutor(4) as pool:
@@ -143,12 +160,14 @@ def write_images_zip(labels: Path, dest: Path, splits: set[str] | None, quality:
             z.writestr(f"images/{name}", data)
     sample = paths[:: max(1, len(paths) // 40)][:40]
     return {"archive": dest.name, "images": len(rows), "splits": sorted(splits) if splits else "all",
+            "sources_left_out": sorted(drop_sources),
             "encoding": "original files" if quality is None else f"WebP quality {quality}",
             "psnr_db_at_128px_vs_original": psnr_at_model_input(sample, quality), "bytes": dest.stat().st_size}
 
 
 def pack(out: Path, data_root: Path, architectures: list[str], isic: bool, splits: set[str] | None,
-         python_version: str, wheels: bool = True, limit: int = CARRY_LIMIT, checkout: int | None = None) -> dict:
+         python_version: str, wheels: bool = True, limit: int = CARRY_LIMIT, checkout: int | None = None,
+         drop_sources: set[str] = frozenset(), min_quality: int = MIN_QUALITY) -> dict:
     """Write the pack under ``out`` and return its manifest; PackTooLarge (pack removed) when it cannot fit."""
     checkout = checkout_bytes() if checkout is None else checkout
     shutil.rmtree(out, ignore_errors=True)
@@ -157,12 +176,19 @@ def pack(out: Path, data_root: Path, architectures: list[str], isic: bool, split
         manifest = {"python_version": python_version, "checkout_bytes": checkout, "limit_bytes": limit,
                     "wheels": download_wheels(out / "wheels", python_version) if wheels else [],
                     "imagenet": [write_imagenet(out / "imagenet", a).name for a in architectures], "data": []}
-        sets = [("ham10000", data_root / "ham10000" / "labels.csv", splits)]
+        sets = [("ham10000", data_root / "ham10000" / "labels.csv", splits, set(drop_sources))]
         if isic:
-            sets.append(("isic2020-subset", data_root / "isic2020-subset" / "labels.csv", None))
-        for quality in QUALITIES:
-            manifest["data"] = [write_images_zip(labels, out / "data" / f"{name}.zip", chosen, quality)
-                                for name, labels, chosen in sets]
+            sets.append(("isic2020-subset", data_root / "isic2020-subset" / "labels.csv", None, set()))
+        fixed = checkout + folder_bytes(out) + MARGIN
+        qualities = [q for q in QUALITIES if q is None or q >= min_quality]
+        for quality in qualities:
+            estimate = fixed + sum(estimate_zip_bytes(labels, chosen, quality, drop) for _, labels, chosen, drop in sets)
+            if estimate > limit * 1.02 and quality != qualities[-1]:
+                print(f"images as {'original files' if quality is None else f'WebP quality {quality}'}: about "
+                      f"{estimate / MIB:.1f} MiB in all (from a sample), over {limit / MIB:.0f} MiB", flush=True)
+                continue
+            manifest["data"] = [write_images_zip(labels, out / "data" / f"{name}.zip", chosen, quality, drop)
+                                for name, labels, chosen, drop in sets]
             total = checkout + folder_bytes(out) + MARGIN
             print(f"images as {manifest['data'][0]['encoding']}: checkout + pack + margin = {total / MIB:.1f} MiB "
                   f"(limit {limit / MIB:.0f} MiB)", flush=True)
@@ -170,8 +196,8 @@ def pack(out: Path, data_root: Path, architectures: list[str], isic: bool, split
                 break
         else:
             raise PackTooLarge(f"the pack does not fit: checkout {checkout / MIB:.1f} MiB + pack {folder_bytes(out) / MIB:.1f} MiB "
-                               f"+ margin > {limit / MIB:.0f} MiB even with WebP quality {QUALITIES[-1]}; pack fewer "
-                               f"architectures, no --isic, or fewer --splits")
+                               f"+ margin > {limit / MIB:.0f} MiB even with WebP quality {qualities[-1]}; pack fewer "
+                               f"architectures, no --isic, --exclude-sources, or a lower --min-quality")
         manifest["pack_bytes"] = folder_bytes(out) + 1024  # the manifest itself, roughly
         (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         return manifest
@@ -188,6 +214,9 @@ def main(argv=None) -> int:
                    help="comma-separated EfficientNet-Lite variants whose ImageNet start to carry ('' for none)")
     p.add_argument("--isic", action="store_true", help="also pack isic2020-subset (for --extra-train runs)")
     p.add_argument("--splits", default="train,val", help="HAM10000 splits to pack (default train,val: tests run back here)")
+    p.add_argument("--exclude-sources", default="",
+                   help="HAM10000 sources not to pack (e.g. rosendahl: room for --isic when only left-out-clinic runs go)")
+    p.add_argument("--min-quality", type=int, default=MIN_QUALITY, help=f"lowest WebP quality to try (of {QUALITIES[1:]})")
     p.add_argument("--python-version", default=DEVICE_PYTHON, help="the device's Python (for the wheels)")
     p.add_argument("--no-wheels", action="store_true", help="no Keras wheels (tests; a device without them cannot train)")
     p.add_argument("--limit-mib", type=float, default=CARRY_LIMIT / MIB)
@@ -201,7 +230,8 @@ def main(argv=None) -> int:
     try:
         manifest = pack(Path(args.out), root, [a for a in args.architectures.split(",") if a], args.isic,
                         set(args.splits.split(",")) if args.splits else None, args.python_version,
-                        wheels=not args.no_wheels, limit=int(args.limit_mib * MIB))
+                        wheels=not args.no_wheels, limit=int(args.limit_mib * MIB),
+                        drop_sources={x for x in args.exclude_sources.split(",") if x}, min_quality=args.min_quality)
     except (PackTooLarge, OSError, ValueError, ImportError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

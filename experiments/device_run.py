@@ -49,7 +49,8 @@ MAX_RUNS = 6  # $OUT returns 8 files: the log, summary.json and one zip per run
 TIMING_STEPS = 20
 # Options that describe where a run happened, not what it trained: not passed on when finishing.
 _NOT_PASSED_ON = {"data", "output", "val_data", "cache_dir", "init_weights", "epochs", "warmup_epochs", "pretrained",
-                  "resume", "finish", "validation", "distribute", "verbose", "extra_train", "exclude_sources"}
+                  "resume", "finish", "validation", "distribute", "verbose", "extra_train", "extra_weight",
+                  "exclude_sources"}
 
 
 def _log(msg: str) -> None:
@@ -125,8 +126,13 @@ def use_packed_imagenet(pack: Path) -> None:
     architectures.load_imagenet = load_from_pack
 
 
-def train_options(name: str, args: list[str], labels: Path, work: Path, extra: list[str]):
-    """The ``TrainOptions`` of one run, parsed by ``skinmole train``'s own parser (same flags, same checks)."""
+def train_options(name: str, args: list[str], labels: Path, work: Path, extra: list[str],
+                  packed_out: set[str] = frozenset()):
+    """The ``TrainOptions`` of one run, parsed by ``skinmole train``'s own parser (same flags, same checks).
+
+    A source the pack left out (``device_pack.py --exclude-sources``) is already absent from the data:
+    the run must leave it out too, and it is dropped from ``exclude_sources`` here (which refuses a
+    source the data lacks); ``recorded_options`` restores it for finishing."""
     from skinmole.commands.train import parser
     from skinmole.training import TrainOptions
 
@@ -138,7 +144,41 @@ def train_options(name: str, args: list[str], labels: Path, work: Path, extra: l
     ns = parser(f"run {name}").parse_args(["--data", str(labels), "--output", str(work / "runs" / name),
                                            "--cache-dir", str(work / "cache"), "--no-resume", "--no-finish",
                                            *data_args, *extra])
-    return TrainOptions(**vars(ns))
+    opts = TrainOptions(**vars(ns))
+    wanted = {x.strip() for x in (opts.exclude_sources or "").split(",") if x.strip()}
+    if not packed_out <= wanted:
+        raise ValueError(f"the pack has no {', '.join(sorted(packed_out - wanted))} images: this run needs "
+                         f"--exclude-sources {','.join(sorted(wanted | packed_out))}, or a pack with every source")
+    opts.exclude_sources = ",".join(sorted(wanted - packed_out)) or None
+    opts.recorded_exclude_sources = ",".join(sorted(wanted)) or None  # what the run left out, packed or not
+    return opts
+
+
+def recorded_options(opts) -> dict:
+    """The run's options as finishing needs them: the sources it left out, packed or not."""
+    from dataclasses import asdict
+
+    return asdict(opts) | {"exclude_sources": getattr(opts, "recorded_exclude_sources", opts.exclude_sources)}
+
+
+def finish_arguments(options: dict, init: Path) -> list[str]:
+    """``skinmole train`` flags that finish a run: its non-default settings, ``--init-weights`` and no epochs."""
+    from skinmole.training import TrainOptions
+
+    defaults = TrainOptions(data="", output="")
+    passed = []
+    for key, value in options.items():
+        if key in _NOT_PASSED_ON or value == getattr(defaults, key):
+            continue
+        flag = "--" + key.replace("_", "-")
+        passed += ([flag] if value else ["--no-" + key.replace("_", "-")]) if isinstance(value, bool) else [flag, str(value)]
+    if options.get("extra_train"):  # the same extra images here, so that the folder's licence names them
+        from skinmole.data import isic2020_subset_labels
+
+        here = isic2020_subset_labels()
+        if Path(options["extra_train"]).parent.name == "isic2020-subset" and here is not None:
+            passed += ["--extra-train", str(here), "--extra-weight", str(options["extra_weight"])]
+    return passed + ["--init-weights", str(init), "--epochs", "0"]
 
 
 def time_steps(opts, steps: int = TIMING_STEPS) -> float:
@@ -189,15 +229,13 @@ def package(name: str, folder: Path, opts, seconds: float, facts: dict, pack_man
     import keras
 
     from skinmole import colour_constancy  # noqa: F401  (registers ShadesOfGray)
-    from dataclasses import asdict
-
     weights = keras.saving.load_model(folder / "model.keras", compile=False).get_weights()
     arrays = {f"w{i:04d}": (w.astype("float16") if w.ndim >= 2 else w) for i, w in enumerate(weights)}
     npz = folder / "weights.npz"
     np.savez(npz, **arrays)
     history = json.loads((folder / "history.json").read_text())
     best = max((r for r in history if "val_auc" in r), key=lambda r: r["val_auc"], default=None)
-    record = {"name": name, "options": asdict(opts), "seconds": round(seconds, 1), "environment": facts,
+    record = {"name": name, "options": recorded_options(opts), "seconds": round(seconds, 1), "environment": facts,
               "pack": {k: pack_manifest.get(k) for k in ("data", "imagenet", "wheels")},
               "best_epoch": best and best["epoch"], "best_val_auc": best and best["val_auc"],
               "weights": "model.get_weights() order; kernels (ndim >= 2) stored as float16"}
@@ -232,16 +270,18 @@ def run(args) -> int:
     from skinmole.training import split_sets, train
 
     summary = {"environment": facts, "budget_s": args.budget_s, "runs": []}
-    opts0 = train_options(*runs[0], sets["ham10000"], work, extra)
-    per_step = time_steps(opts0) / max(1.0, (opts0.input_size / 128) ** 2)  # as at 128 px
+    packed_out = set(manifest["data"][0].get("sources_left_out", []))
+    opts0 = train_options(*runs[0], sets["ham10000"], work, extra, packed_out)
+    per_step = time_steps(opts0, args.timing_steps) / max(1.0, (opts0.input_size / 128) ** 2)  # as at 128 px
     summary["seconds_per_step_at_128px"] = per_step
+    correction = 1.0  # the last finished run's actual / expected seconds (the timing misses decoding, validation)
     for name, run_args in runs:
         entry = {"name": name, "args": run_args}
         summary["runs"].append(entry)
         try:
-            opts = train_options(name, run_args, sets["ham10000"], work, extra)
+            opts = train_options(name, run_args, sets["ham10000"], work, extra, packed_out)
             n_train = len(split_sets(opts)[0])
-            expected = estimate_seconds(opts, per_step, n_train)
+            expected = estimate_seconds(opts, per_step, n_train) * correction
             left = args.budget_s - (time.time() - started)
             entry["expected_s"] = round(expected)
             if expected > left:
@@ -252,6 +292,7 @@ def run(args) -> int:
             t0 = time.time()
             folder = train(opts)
             entry["seconds"] = round(time.time() - t0, 1)
+            correction = min(4.0, max(0.25, correction * entry["seconds"] / expected))
             entry["zip"] = package(name, folder, opts, entry["seconds"], facts, manifest, out).name
             entry["status"] = "done"
         except Exception as exc:  # one broken run must not lose the others
@@ -271,7 +312,6 @@ def finish(args) -> int:
 
     from skinmole import architectures
     from skinmole.data import ham10000_labels
-    from skinmole.training import TrainOptions
 
     with zipfile.ZipFile(args.zip) as z:
         record = json.loads(z.read("run.json"))
@@ -287,21 +327,15 @@ def finish(args) -> int:
     model.set_weights(weights)
     init = folder / "init.keras"
     model.save(init)
-    defaults = TrainOptions(data="", output="")
-    passed = []
-    for key, value in opts.items():
-        if key in _NOT_PASSED_ON or value == getattr(defaults, key):
-            continue
-        flag = "--" + key.replace("_", "-")
-        passed += ([flag] if value else ["--no-" + key.replace("_", "-")]) if isinstance(value, bool) else [flag, str(value)]
-    passed += ["--init-weights", str(init), "--epochs", "0"]
+    passed = finish_arguments(opts, init)
     _log(f"{name}: device run of {record['seconds']} s, best epoch {record['best_epoch']} (val_auc {record['best_val_auc']}); "
          f"its history is in {folder}")
     if opts.get("exclude_sources"):
         sys.path.insert(0, str(REPO / "experiments"))
         from left_out_clinic import main as left_out_clinic
 
-        command = ["--name", name, "--left-out", opts["exclude_sources"], *passed]
+        loc_name = name.removeprefix("loc-")  # left_out_clinic.py writes models/loc-NAME
+        command = ["--name", loc_name, "--left-out", opts["exclude_sources"], *passed]
         _log("python experiments/left_out_clinic.py " + shlex.join(command))
         return left_out_clinic(command)
     from skinmole.commands.train import main as train_main
@@ -321,6 +355,7 @@ def main(argv=None) -> int:
     r.add_argument("--pack", default=str(REPO / "device"))
     r.add_argument("--work", default="/tmp/skinmole-device", help="where data, caches and runs are unpacked")
     r.add_argument("--out", default=None, help="default $OUT")
+    r.add_argument("--timing-steps", type=int, default=TIMING_STEPS, help="training steps timed before the runs")
     r.add_argument("--allow-cpu", action="store_true", help="run without CUDA (a test of this script on a CPU)")
     f = sub.add_parser("finish", help="here: finish a run's model folder from its zip")
     f.add_argument("zip")

@@ -111,3 +111,24 @@ def test_no_finish_keeps_the_best_validation_epoch_and_its_predictions(tmp_path)
         assert len(v["image"]) == len(v["y"]) == 40
         for row, p in zip(history, v["p_malignant"]):
             assert row["val_auc"] == pytest.approx(roc_auc_score(v["y"], p), abs=1e-9)
+
+
+def test_a_run_must_leave_out_what_the_pack_left_out(tmp_path):
+    device_run = _module("device_run")
+    labels = tmp_path / "labels.csv"
+    opts = device_run.train_options("a", ["--exclude-sources", "rosendahl"], labels, tmp_path, [], {"rosendahl"})
+    assert opts.exclude_sources is None  # already absent from the packed data
+    assert device_run.recorded_options(opts)["exclude_sources"] == "rosendahl"  # finishing leaves it out again
+    with pytest.raises(ValueError, match="--exclude-sources rosendahl"):
+        device_run.train_options("b", ["--input-size", "192"], labels, tmp_path, [], {"rosendahl"})
+
+
+def test_finishing_passes_on_what_the_run_trained_with_and_trains_no_epoch(tmp_path):
+    device_run = _module("device_run")
+    from skinmole.training import TrainOptions
+
+    opts = TrainOptions(data="/device/labels.csv", output="/device/run", input_size=192, augment="camera",
+                        epochs=20, resume=False, finish=False, exclude_sources="rosendahl", cache_dir="/tmp/c")
+    init = tmp_path / "init.keras"
+    assert device_run.finish_arguments(device_run.recorded_options(opts), init) == [
+        "--input-size", "192", "--augment", "camera", "--init-weights", str(init), "--epochs", "0"]
