@@ -259,6 +259,8 @@ def run(args) -> int:
     runs = [parse_run(s) for s in (args.run or DEFAULT_RUNS)]
     if len(runs) > MAX_RUNS:
         raise SystemExit(f"at most {MAX_RUNS} runs: $OUT returns 8 files")
+    if len({name for name, _ in runs}) < len(runs):
+        raise SystemExit("two runs have the same name (each writes $OUT/NAME.zip)")
     facts = check_environment(require_cuda=not args.allow_cpu)
     pack = Path(args.pack)
     manifest = json.loads((pack / "manifest.json").read_text())
@@ -271,7 +273,21 @@ def run(args) -> int:
 
     summary = {"environment": facts, "budget_s": args.budget_s, "runs": []}
     packed_out = set(manifest["data"][0].get("sources_left_out", []))
-    opts0 = train_options(*runs[0], sets["ham10000"], work, extra, packed_out)
+    prepared = {}  # every run's options checked before any training: a typo costs seconds, not a run
+    for name, run_args in runs:
+        try:
+            prepared[name] = opts = train_options(name, run_args, sets["ham10000"], work, extra, packed_out)
+            if opts.pretrained and not opts.init_weights and opts.architecture != "simple-cnn" \
+                    and not (pack / "imagenet" / f"{opts.architecture}.npz").is_file():
+                raise ValueError(f"no ImageNet start for {opts.architecture} in the pack: "
+                                 f"device_pack.py --architectures {opts.architecture}")
+        except (ValueError, SystemExit) as exc:  # argparse reports a bad flag with SystemExit
+            prepared[name] = exc
+            _log(f"{name}: REFUSED before training: {exc!r}")
+    valid = [o for o in prepared.values() if not isinstance(o, BaseException)]
+    if not valid:
+        raise SystemExit("no run has valid options")
+    opts0 = valid[0]
     per_step = time_steps(opts0, args.timing_steps) / max(1.0, (opts0.input_size / 128) ** 2)  # as at 128 px
     summary["seconds_per_step_at_128px"] = per_step
     correction = 1.0  # the last finished run's actual / expected seconds (the timing misses decoding, validation)
@@ -279,7 +295,10 @@ def run(args) -> int:
         entry = {"name": name, "args": run_args}
         summary["runs"].append(entry)
         try:
-            opts = train_options(name, run_args, sets["ham10000"], work, extra, packed_out)
+            opts = prepared[name]
+            if isinstance(opts, BaseException):
+                entry["status"] = f"refused: {opts!r}"
+                continue
             n_train = len(split_sets(opts)[0])
             expected = estimate_seconds(opts, per_step, n_train) * correction
             left = args.budget_s - (time.time() - started)
