@@ -327,8 +327,6 @@ def run(args) -> int:
 
 def finish(args) -> int:
     """Rebuild the run's model from its zip and finish the folder on the original images."""
-    import keras
-
     from skinmole import architectures
     from skinmole.data import ham10000_labels
 
