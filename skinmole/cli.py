@@ -22,7 +22,7 @@ import sys
 import time
 
 from . import __version__
-from .commands import ENGINE_CHOICES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, positive_int
+from .commands import ENGINE_CHOICES, ENGINE_HELP, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, positive_int
 
 NAME_WIDTH_MAX = 48
 PROGRESS_AFTER_S = 2.0   # a run longer than this shows a progress count (stderr on a terminal only)
@@ -100,8 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                    help="images per model call (default 64)")
     p.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
-                   help="auto (default: the float ONNX engine), onnx, keras, or onnx-int8 (the folder's int8 "
-                        "model from 'skinmole quantise': faster, answers within the agreement its config records)")
+                   help=ENGINE_HELP)
     p.add_argument("--no-quality-check", action="store_true",
                    help="skip the image-quality / out-of-distribution gate")
     for name, (_, text) in COMMANDS.items():  # listed in --help; parsed by their own modules

@@ -164,21 +164,28 @@ def make_engine(folder, choice: str = "auto", keras_model=None):
             f"{folder.path}: engine='onnx' but the model folder has no ONNX file; "
             f"add one with: skinmole export-onnx --model {folder.path}"
         )
-    import_onnxruntime()  # before reading 13 MB: a missing onnxruntime is said first
-    engine = OnnxEngine(folder.read_verified(config.onnx_file), name=f"{folder.path}/{config.onnx_file}")
-    engine.check(config.input_size, config.n_logits, config.quality.feature_dim if config.quality else None)
-    return engine
+    return _checked_onnx_engine(folder, config.onnx_file, OnnxEngine)
+
+
+class Int8OnnxEngine(OnnxEngine):
+    """The folder's int8 ONNX model (``skinmole quantise``): the same inputs and outputs as the float
+    one; its answers differ from the float engine's by what the config's ``int8`` entry records."""
+
+    name = "onnx-int8"
 
 
 def _int8_engine(folder) -> OnnxEngine:
-    """The folder's int8 ONNX model (``skinmole quantise``), checked like the float one. Its answers
-    differ from the float engine's by what the config's ``int8.agreement`` records."""
     config = folder.config
     if not config.int8:
         raise ModelLoadError(f"{folder.path}: engine='onnx-int8' but the model folder has no int8 model; "
                              f"build one with: skinmole quantise {folder.path}")
-    import_onnxruntime()
-    engine = OnnxEngine(folder.read_verified(config.int8.file), name=f"{folder.path}/{config.int8.file}")
-    engine.name = "onnx-int8"
+    return _checked_onnx_engine(folder, config.int8.file, Int8OnnxEngine)
+
+
+def _checked_onnx_engine(folder, file: str, kind: type[OnnxEngine]) -> OnnxEngine:
+    """``kind`` over ``file``'s checked bytes, its shapes checked against the folder's config."""
+    config = folder.config
+    import_onnxruntime()  # before reading 13 MB: a missing onnxruntime is said first
+    engine = kind(folder.read_verified(file), name=f"{folder.path}/{file}")
     engine.check(config.input_size, config.n_logits, config.quality.feature_dim if config.quality else None)
     return engine

@@ -51,11 +51,12 @@ def _both_classes(y: np.ndarray) -> bool:
 # --------------------------------------------------------------------------- ranking metrics
 
 def roc_auc(y, p) -> float | None:
-    """ROC AUC (scikit-learn; ties count one half). None when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
+    """ROC AUC (ties count one half, as scikit-learn's; no scikit-learn needed, so training on a
+    machine without it can still choose its best epoch). None when only one class is present."""
     y, p = _arrays(y, p)
-    return float(roc_auc_score(y, p)) if _both_classes(y) else None
+    if not _both_classes(y):
+        return None
+    return float(rank_auc(np.concatenate([p[y == 1], p[y == 0]]), int(y.sum()))[0])
 
 
 def rank_auc(scores: np.ndarray, n_pos: int) -> np.ndarray:

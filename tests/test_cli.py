@@ -434,3 +434,11 @@ def test_ctrl_c_during_start_up_imports_exits_130_with_one_line(library):
         proc.kill()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_the_cli_engine_choices_are_the_library_engines():
+    """``--engine``'s choices are written out (the CLI parses without numpy): they must stay the library's."""
+    from skinmole.commands import ENGINE_CHOICES
+    from skinmole.engines import ENGINES
+
+    assert sorted(ENGINE_CHOICES) == sorted(ENGINES)

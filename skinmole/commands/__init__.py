@@ -16,6 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 EXIT_OK, EXIT_FAILURE, EXIT_UNREADABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # --engine of predict and score: skinmole.engines.ENGINES, written out so the CLI imports no numpy to parse.
 ENGINE_CHOICES = ("auto", "onnx", "onnx-int8", "keras")
+ENGINE_HELP = ("auto (default: the float ONNX engine), onnx, keras, or onnx-int8 (the folder's int8 model from "
+               "'skinmole quantise': faster, answers within the agreement its config records)")
 
 
 def positive_int(text: str) -> int:

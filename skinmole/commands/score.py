@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import ENGINE_CHOICES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, positive_int
+from . import ENGINE_CHOICES, ENGINE_HELP, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREADABLE, positive_int
 
 PROGRESS_EVERY_S = 10.0
 
@@ -48,8 +48,7 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="a model folder (on every node) or a Hugging Face repo id ORG/NAME (default: bundled)")
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="images per model call (default 64)")
     p.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
-                   help="auto (default: the float ONNX engine), onnx, keras, or onnx-int8 (the folder's int8 "
-                        "model from 'skinmole quantise': faster, answers within the agreement its config records)")
+                   help=ENGINE_HELP)
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming an existing output")
     return p
 
