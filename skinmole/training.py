@@ -405,15 +405,13 @@ def train(opts: TrainOptions) -> Path:
         threshold, rule_sources = threshold_within_groups(y_val_bin, p_val, val_sources, opts.target_sensitivity)
     else:
         threshold, rule_sources = threshold_for_sensitivity(y_val_bin, p_val, opts.target_sensitivity), []
-    from sklearn.metrics import roc_auc_score
-
-    from .evaluation import metrics_by_source
+    from .evaluation import metrics_by_source, roc_auc
 
     pred = is_malignant(p_val, threshold)
     val_metrics = {
         "split": f"{val_set.source} (validation: used for early stopping, temperature and threshold)",
         "n": int(len(y_val_bin)),
-        "roc_auc": float(roc_auc_score(y_val_bin, p_val)),
+        "roc_auc": roc_auc(y_val_bin, p_val),
         "sensitivity": float(pred[y_val_bin == 1].mean()),
         "specificity": float((~pred[y_val_bin == 0]).mean()),
     }
