@@ -371,6 +371,11 @@ def test_browser_desktop_and_phone(server, tmp_path):
             # The examples are thumbnails, every one loaded.
             thumbs = page.locator("#examples img")
             assert thumbs.count() == len(SAMPLES)
+            try:  # they load after the page: on a busy machine give them time, then check each one
+                page.wait_for_function("() => [...document.querySelectorAll('#examples img')]"
+                                       ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+            except sync_api.TimeoutError:
+                pass  # the assertion below names the failure
             assert all(thumbs.nth(i).evaluate("i => i.complete && i.naturalWidth > 0")
                        for i in range(len(SAMPLES)))
             assert not page.locator("#differential").is_visible()  # nothing to show before an answer
