@@ -1,0 +1,100 @@
+"""Quantisation-aware fine-tuning: the Keras twin of a QDQ model computes what ONNX Runtime's int8
+engine computes, its weights go back into the same QDQ graph, and fine-tuning through the rounding
+brings the int8 answers closer to the float model's. On the tiny model folder and random pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skinmole.engines import OnnxEngine, run_in_batches
+from skinmole.quantisation import Recipe, quantise_onnx
+
+from conftest import TINY_SIZE
+
+pytest.importorskip("onnx", reason="quantisation needs the 'onnx' package (train/dev extra)")
+pytest.importorskip("keras", reason="fine-tuning needs keras (train extra)")
+
+
+def pixels(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def qdq(tiny_folder, tmp_path_factory):
+    """(float ONNX path, its int8 QDQ copy) of the tiny model, calibrated on random pixels."""
+    path = tmp_path_factory.mktemp("qat") / "int8.onnx"
+    quantise_onnx(tiny_folder / "model.onnx", path, pixels(32, 0), Recipe(calibration_images=32))
+    return tiny_folder / "model.onnx", path
+
+
+def logit_step(path) -> float:
+    """The quantisation step of the int8 model's logits output (its last DequantizeLinear)."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    init = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    node = next(n for n in proto.graph.node if n.output[0] == "logits")
+    assert node.op_type == "DequantizeLinear"
+    return float(init[node.input[1]])
+
+
+def test_the_twin_computes_what_the_int8_engine_computes(qdq):
+    from skinmole.quantisation_aware import QuantisedGraph
+
+    float_path, int8_path = qdq
+    x = pixels(16, 1)
+    twin_logits, twin_features = QuantisedGraph(int8_path, float_path).keras_model.predict(x.astype("f4"), verbose=0)
+    int8_logits, int8_features = run_in_batches(OnnxEngine(int8_path), x)
+    float_logits, _ = run_in_batches(OnnxEngine(float_path), x)
+    step = logit_step(int8_path)
+    # Integer kernels and the fake-quant twin round alike, up to a step where a value sits on a tie.
+    assert np.abs(twin_logits - int8_logits).max() <= 3 * step
+    assert np.abs(float_logits - int8_logits).max() > 0  # the int8 model really rounds
+    assert twin_features.shape == int8_features.shape
+
+
+def test_untrained_weights_written_back_give_the_same_int8_model(qdq):
+    from skinmole.quantisation_aware import QuantisedGraph
+
+    float_path, int8_path = qdq
+    x = pixels(16, 2)
+    rewritten = QuantisedGraph(int8_path, float_path).to_onnx()
+    a, _ = run_in_batches(OnnxEngine(rewritten), x)
+    b, _ = run_in_batches(OnnxEngine(int8_path), x)
+    assert np.abs(a - b).max() <= logit_step(int8_path) + 1e-6
+
+
+def test_fine_tuning_brings_the_int8_answers_towards_the_float_ones(qdq):
+    from skinmole.quantisation_aware import QuantisedGraph, fine_tune
+
+    float_path, int8_path = qdq
+    train, probe = pixels(256, 3), pixels(64, 4)
+    float_engine = OnnxEngine(float_path)
+    teacher_logits, teacher_features = run_in_batches(float_engine, train)
+    probe_float, _ = run_in_batches(float_engine, probe)
+    graph = QuantisedGraph(int8_path, float_path)
+    before = np.mean((run_in_batches(OnnxEngine(graph.to_onnx()), probe)[0] - probe_float) ** 2)
+    losses = fine_tune(graph, train, teacher_logits, teacher_features, epochs=3, learning_rate=1e-5,
+                       batch_size=32, log=lambda _: None)
+    after = np.mean((run_in_batches(OnnxEngine(graph.to_onnx()), probe)[0] - probe_float) ** 2)
+    assert losses[-1] < losses[0]
+    assert after < 0.8 * before, (before, after)
+
+
+def test_a_graph_with_an_unsupported_op_is_refused(qdq, tmp_path):
+    import onnx
+    from onnx import helper
+
+    from skinmole.quantisation_aware import QuantisedGraph
+
+    float_path, int8_path = qdq
+    proto = onnx.load(str(int8_path))
+    node = next(n for n in proto.graph.node if n.op_type == "Flatten" or n.op_type == "Identity")
+    node.op_type = "Softsign"
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(proto.SerializeToString())
+    with pytest.raises(ValueError, match="Softsign is not supported"):
+        QuantisedGraph(bad, float_path)
+    assert helper  # the op name check runs before any Keras layer is built
