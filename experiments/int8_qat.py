@@ -6,7 +6,7 @@ Question: post-training quantisation (experiments/int8_engine.py) flips 30-42 of
     (skinmole.quantisation_aware: distillation on training images, activation scales kept), does it
     meet the goals against the float engine (<= 0.5% labels flipped, p99 |dP| <= 0.02, ROC AUC within
     0.002), and at what cost?
-Command: python experiments/int8_qat.py [--model FOLDER] [--epochs 3] [--learning-rate 1e-5] [--feature-weight 0.1]
+Command: python experiments/int8_qat.py [--model FOLDER] [--epochs 3] [--learning-rate 1e-5] [--feature-weight 0.1] [--cosine]
     [--output reports/int8_qat.json] [--save model-int8-qat.onnx]
 Method: the chosen PTQ recipe (quantisation.DEFAULT_RECIPE, its 300 calibration images) gives the
     QDQ graph and its activation scales; the weights start from the float model; fine-tuning on the
@@ -45,6 +45,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--learning-rate", type=float, default=1e-5)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--cosine", action="store_true", help="decay the learning rate to 0 over the epochs (cosine)")
     p.add_argument("--feature-weight", type=float, default=0.1,
                    help="weight of the features' MSE beside the logits' (the features feed the quality gate)")
     p.add_argument("--train-images", type=int, default=None, help="fine-tune on this many (default: all but the probe)")
@@ -98,7 +99,7 @@ def main() -> None:
 
         losses = fine_tune(graph, x_fit, teacher_logits, teacher_features, epochs=args.epochs,
                            learning_rate=args.learning_rate, batch_size=args.batch_size,
-                           feature_weight=args.feature_weight, after_epoch=after_epoch)
+                           feature_weight=args.feature_weight, cosine=args.cosine, after_epoch=after_epoch)
     chosen = min(epochs, key=lambda e: e["probe"]["p99_abs_dp"])
     goals = {"labels_flipped_max": int(0.005 * len(x_val)), "p99_abs_dp_max": 0.02, "roc_auc_within": 0.002}
     v = chosen["val"]
@@ -106,7 +107,7 @@ def main() -> None:
         "model": str(model.folder), "cpu": cpu_description(), "recipe": DEFAULT_RECIPE.to_dict(),
         "fine_tuning": {"images": len(x_fit), "probe_images": len(x_probe), "epochs": args.epochs,
                         "learning_rate": args.learning_rate, "batch_size": args.batch_size,
-                        "feature_weight": args.feature_weight, "loss": losses,
+                        "feature_weight": args.feature_weight, "cosine": args.cosine, "loss": losses,
                         "target": "float model's logits and features (MSE)"},
         "goals": goals, "epochs": epochs, "chosen_epoch": chosen["epoch"],
         "meets_goals": bool(v["labels_flipped"] <= goals["labels_flipped_max"] and v["p99_abs_dp"] <= 0.02

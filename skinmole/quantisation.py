@@ -43,6 +43,10 @@ class Recipe:
                                        # channel lose most to the 7th bit (flips 64 -> 34 on validation)
     calibration_images: int = 300      # training images the activation ranges come from
     extra_options: dict = field(default_factory=dict)  # passed to quantize_static as they are
+    fine_tune_epochs: int = 0          # quantisation-aware fine-tuning towards the float answers
+                                       # (quantisation_aware.py) on the training images; 0: none
+    fine_tune_learning_rate: float = 1e-5
+    fine_tune_feature_weight: float = 0.1  # the features' MSE beside the logits' (the gate reads them)
 
     def __post_init__(self):
         if self.calibration not in CALIBRATION_METHODS:
@@ -53,6 +57,9 @@ class Recipe:
             raise ValueError(f"weights must be one of {WEIGHT_TYPES}, not {self.weights!r}")
         if self.calibration_images < 1:
             raise ValueError("calibration_images must be at least 1")
+        if self.fine_tune_epochs < 0 or not self.fine_tune_learning_rate > 0 or self.fine_tune_feature_weight < 0:
+            raise ValueError("fine_tune_epochs must be >= 0, fine_tune_learning_rate > 0, "
+                             "fine_tune_feature_weight >= 0")
         object.__setattr__(self, "exclude", tuple(self.exclude))
 
     def to_dict(self) -> dict:
@@ -211,13 +218,29 @@ def cpu_description() -> str:
     return f"{platform.machine()} ({', '.join(wanted) or 'flags unknown'})"
 
 
+def fine_tune_int8(int8_path, float_path, pixels: np.ndarray, recipe: Recipe, log=print) -> bytes:
+    """The QDQ model ``int8_path`` after ``recipe.fine_tune_epochs`` of quantisation-aware fine-tuning
+    towards the float model ``float_path``'s logits and features on ``pixels`` (training images)."""
+    from .engines import OnnxEngine, run_in_batches
+    from .quantisation_aware import QuantisedGraph, fine_tune
+
+    if len(pixels) == 0:
+        raise ValueError("no training images to fine-tune the int8 model on")
+    teacher_logits, teacher_features = run_in_batches(OnnxEngine(float_path), pixels)
+    graph = QuantisedGraph(int8_path, float_path)
+    fine_tune(graph, pixels, teacher_logits, teacher_features, epochs=recipe.fine_tune_epochs,
+              learning_rate=recipe.fine_tune_learning_rate, feature_weight=recipe.fine_tune_feature_weight, log=log)
+    return graph.to_onnx()
+
+
 def quantise_model_folder(folder, calibration_pixels: np.ndarray, validation_pixels: np.ndarray,
                           validation_y=None, *, recipe: Recipe = DEFAULT_RECIPE, split: str = "validation",
-                          calibration_source: str = ""):
+                          calibration_source: str = "", fine_tune_pixels: np.ndarray | None = None, log=print):
     """Build ``model-int8.onnx`` from the folder's checked ``model.onnx``, measure it against the float
     engine on ``validation_pixels`` (never the calibration images), and record the file, its sha256,
     the recipe and that agreement in the config (``ModelFolder.update``, the config's one writer).
-    Returns the updated ``ModelConfig``."""
+    With ``recipe.fine_tune_epochs``, the int8 weights are then fine-tuned on ``fine_tune_pixels``
+    (training images, never the validation ones). Returns the updated ``ModelConfig``."""
     import onnxruntime
 
     from .engines import OnnxEngine, run_in_batches
@@ -239,6 +262,10 @@ def quantise_model_folder(folder, calibration_pixels: np.ndarray, validation_pix
         src.write_bytes(float_bytes)
         staged = Path(tmp) / INT8_FILE
         quantise_onnx(src, staged, calibration_pixels, recipe)
+        if recipe.fine_tune_epochs:
+            if fine_tune_pixels is None:
+                raise ValueError("the recipe fine-tunes the int8 model: give the training images (fine_tune_pixels)")
+            staged.write_bytes(fine_tune_int8(staged, src, fine_tune_pixels, recipe, log=log))
         int8_engine = OnnxEngine(staged)
         int8_engine.check(config.input_size, config.n_logits, config.quality.feature_dim if config.quality else None)
         float_logits, float_features = run_in_batches(OnnxEngine(float_bytes), validation_pixels)

@@ -337,17 +337,19 @@ class QuantisedGraph:
 
 def fine_tune(graph: QuantisedGraph, pixels: np.ndarray, teacher_logits: np.ndarray, teacher_features: np.ndarray,
               *, epochs: int = 1, learning_rate: float = 1e-5, batch_size: int = 32, feature_weight: float = 1.0,
-              seed: int = 0, after_epoch=None, log=print) -> list[float]:
+              cosine: bool = False, seed: int = 0, after_epoch=None, log=print) -> list[float]:
     """Fine-tune ``graph``'s weights through its rounding so that it answers like the float model:
     mean squared error to the float model's logits and (weighted) features on ``pixels``. Small
     learning rates (1e-5) move the int8 answers towards the float ones; large ones (1e-4) undo part
-    of what the float weights already had. ``after_epoch(epoch)`` runs after each epoch (1-based),
+    of what the float weights already had. ``cosine``: the rate decays to 0 over the epochs. ``after_epoch(epoch)`` runs after each epoch (1-based),
     e.g. to measure ``graph.to_onnx()``. Returns the loss per epoch."""
     import keras
 
     keras.utils.set_random_seed(seed)
     model = graph.keras_model
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=["mse", "mse"],
+    steps = epochs * -(-len(pixels) // batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps) if cosine else learning_rate
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=["mse", "mse"],
                   loss_weights=[1.0, feature_weight])
     callbacks = [keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: after_epoch(epoch + 1))] \
         if after_epoch else []

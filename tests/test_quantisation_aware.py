@@ -98,3 +98,50 @@ def test_a_graph_with_an_unsupported_op_is_refused(qdq, tmp_path):
     with pytest.raises(ValueError, match="Softsign is not supported"):
         QuantisedGraph(bad, float_path)
     assert helper  # the op name check runs before any Keras layer is built
+
+
+def test_quantise_model_folder_fine_tunes_when_the_recipe_says_so(tiny_folder, tmp_path):
+    import json
+
+    from skinmole.quantisation import INT8_FILE, quantise_model_folder
+
+    from helpers import config_path, copy_model_folder
+
+    folder = copy_model_folder(tiny_folder, tmp_path / "m")
+    recipe = Recipe(calibration_images=32, fine_tune_epochs=1)
+    with pytest.raises(ValueError, match="fine_tune_pixels"):
+        quantise_model_folder(folder, pixels(32, 0), pixels(20, 1), recipe=recipe)
+    plain = tmp_path / "plain.onnx"
+    quantise_onnx(folder / "model.onnx", plain, pixels(32, 0), recipe)
+    quantise_model_folder(folder, pixels(32, 0), pixels(20, 1), np.array([0, 1] * 10), recipe=recipe,
+                          fine_tune_pixels=pixels(64, 5), log=lambda _: None)
+    config = json.loads(config_path(folder).read_text())
+    assert config["int8"]["recipe"]["fine_tune_epochs"] == 1
+    x = pixels(8, 6)
+    tuned, _ = run_in_batches(OnnxEngine(folder / INT8_FILE), x)
+    untuned, _ = run_in_batches(OnnxEngine(plain), x)
+    assert not np.array_equal(tuned, untuned)  # the fine-tuned weights are the ones in the file
+
+
+def test_a_negative_number_of_fine_tuning_epochs_is_refused():
+    with pytest.raises(ValueError, match="fine_tune_epochs"):
+        Recipe(fine_tune_epochs=-1)
+
+
+def test_cli_quantise_with_fine_tuning_records_it(tiny_folder, tmp_path, capsys):
+    import json
+
+    from skinmole.cli import main
+
+    from helpers import config_path, copy_model_folder
+    from test_quantisation import class_tree
+
+    folder = copy_model_folder(tiny_folder, tmp_path / "m")
+    train, val = class_tree(tmp_path / "train", 100), class_tree(tmp_path / "val", 200)
+    assert main(["quantise", str(folder), "--calibration", str(train), "--validation", str(val),
+                 "--fine-tune-epochs", "1", "--cache", str(tmp_path / "cache")]) == 0
+    assert "quantisation-aware fine-tuning" in capsys.readouterr().out
+    assert json.loads(config_path(folder).read_text())["int8"]["recipe"]["fine_tune_epochs"] == 1
+    assert main(["quantise", str(folder), "--fine-tune-epochs", "-1", "--calibration", str(train),
+                 "--validation", str(val)]) == 1
+    assert "fine_tune_epochs must be >= 0" in capsys.readouterr().err

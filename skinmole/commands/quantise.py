@@ -1,6 +1,7 @@
 """``skinmole quantise MODEL_FOLDER``: add ``model-int8.onnx`` (the opt-in int8 engine) to a model folder.
 
-Calibrates on training images, measures the int8 model against the float engine on validation
+Calibrates on training images (and, with ``--fine-tune-epochs``, fine-tunes the int8 weights on them
+towards the float engine's answers), measures the int8 model against the float engine on validation
 images (labels flipped at the threshold, |delta P(malignant)|, ROC AUC) and records the file, its
 sha256, the recipe and that agreement in the folder's config. By default both image sets come from
 HAM10000's ``labels.csv`` (splits ``train`` and ``val``). Exit 0 on success, 1 on any failure.
@@ -17,6 +18,7 @@ EXAMPLES = """\
 examples:
   skinmole quantise skinmole/weights/default            HAM10000 train to calibrate, val to measure
   skinmole quantise MODEL --calibration train/ --validation val/   class-folder trees or CSV files
+  skinmole quantise MODEL --fine-tune-epochs 3      then fine-tune the int8 weights on the training images
 
 Then: skinmole predict --engine onnx-int8 --model MODEL photos/  (opt-in; 'auto' stays the float engine)"""
 
@@ -34,6 +36,9 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "split when it has a split column) or a class-folder tree (default: HAM10000 val)")
     p.add_argument("--calibration-images", type=positive_int, default=None, metavar="N",
                    help="training images to calibrate on, a seeded random sample (default: the recipe's)")
+    p.add_argument("--fine-tune-epochs", type=int, default=None, metavar="N",
+                   help="epochs of quantisation-aware fine-tuning of the int8 weights towards the float "
+                        "answers, on all the calibration source's images (default: the recipe's; 0: none)")
     p.add_argument("--cache", default=".cache", metavar="DIR", help="pixel cache folder (default .cache)")
     return p
 
@@ -78,6 +83,8 @@ def main(argv=None, prog: str | None = None) -> int:
         recipe = DEFAULT_RECIPE
         if args.calibration_images:
             recipe = replace(recipe, calibration_images=args.calibration_images)
+        if args.fine_tune_epochs is not None:
+            recipe = replace(recipe, fine_tune_epochs=args.fine_tune_epochs)
         size = ModelFolder.open(args.model, verify=False).config.input_size
         default = ham10000_labels() if args.calibration is None or args.validation is None else None
         train = _images(args.calibration, "train", default)
@@ -88,7 +95,8 @@ def main(argv=None, prog: str | None = None) -> int:
         calibration = load_pixels(train.subset(calibration_sample(len(train), recipe.calibration_images)),
                                   size, args.cache)
         validation = load_pixels(val, size, args.cache)
-        config = quantise_model_folder(args.model, calibration, validation, val.y,
+        fine_tune = load_pixels(train, size, args.cache) if recipe.fine_tune_epochs else None
+        config = quantise_model_folder(args.model, calibration, validation, val.y, fine_tune_pixels=fine_tune,
                                        recipe=replace(recipe, calibration_images=len(calibration)),
                                        split=f"{_name(val.source)} ({len(val)} images)",
                                        calibration_source=f"{_name(train.source)}: seeded random sample (seed 0)")
