@@ -341,8 +341,9 @@ def fine_tune(graph: QuantisedGraph, pixels: np.ndarray, teacher_logits: np.ndar
     """Fine-tune ``graph``'s weights through its rounding so that it answers like the float model:
     mean squared error to the float model's logits and (weighted) features on ``pixels``. Small
     learning rates (1e-5) move the int8 answers towards the float ones; large ones (1e-4) undo part
-    of what the float weights already had. ``cosine``: the rate decays to 0 over the epochs. ``after_epoch(epoch)`` runs after each epoch (1-based),
-    e.g. to measure ``graph.to_onnx()``. Returns the loss per epoch."""
+    of what the float weights already had. ``cosine``: the rate decays to 0 over the epochs.
+    ``after_epoch(epoch)`` runs after each epoch (1-based), e.g. to measure ``graph.to_onnx()``.
+    Returns the loss per epoch."""
     import keras
 
     keras.utils.set_random_seed(seed)
