@@ -52,7 +52,9 @@ from skinmole.evaluation import roc_auc  # noqa: E402
 from skinmole.quantisation import (DEFAULT_RECIPE, Recipe, agreement, calibration_sample, conv_nodes,  # noqa: E402
                                    cpu_description, gate_agreement, quantise_onnx)
 
-# Recipes compared with --variants (the chosen one, DEFAULT_RECIPE, always runs).
+# The post-training part of the chosen recipe (its fine-tuning is experiments/int8_qat.py's question).
+PTQ_RECIPE = replace(DEFAULT_RECIPE, fine_tune_epochs=0)
+# Recipes compared with --variants (the chosen one, PTQ_RECIPE, always runs).
 VARIANTS = {
     "8-bit weights (u8 activations x s8 weights)": Recipe(reduce_range=False, depthwise_full_range=False),
     "8-bit weights, int8 activations (s8 x s8)": Recipe(activations="int8", reduce_range=False,
@@ -63,9 +65,9 @@ VARIANTS = {
                                                         extra_options={"ActivationSymmetric": True}),
     "7-bit weights, percentile calibration": Recipe(calibration="percentile", depthwise_full_range=False),
     "7-bit weights, entropy calibration": Recipe(calibration="entropy", depthwise_full_range=False),
-    "7-bit, 8-bit depthwise, 600 calibration images": replace(DEFAULT_RECIPE, calibration_images=600),
-    "7-bit, 8-bit depthwise, stem and logits float": replace(DEFAULT_RECIPE, exclude=("stem_conv", "logits_2")),
-    "7-bit, 8-bit depthwise, block2_project float": replace(DEFAULT_RECIPE, exclude=("block2_project_conv",)),
+    "7-bit, 8-bit depthwise, 600 calibration images": replace(PTQ_RECIPE, calibration_images=600),
+    "7-bit, 8-bit depthwise, stem and logits float": replace(PTQ_RECIPE, exclude=("stem_conv", "logits_2")),
+    "7-bit, 8-bit depthwise, block2_project float": replace(PTQ_RECIPE, exclude=("block2_project_conv",)),
 }
 # Re-run the float engine when thr - LOW <= int8 P(malignant) < thr + HIGH (asymmetric: P is skewed low).
 CASCADE_BANDS = [(0.05, 0.10), (0.10, 0.20), (0.10, 0.30), (0.15, 0.40), (0.20, 0.50)]
@@ -116,7 +118,7 @@ def main() -> None:
     x = load_pixels(val, model.input_size, args.cache)
     # The images `skinmole quantise` calibrates on (the 600 variant: a larger sample from the same seed).
     calibration = {n: load_pixels(train.subset(calibration_sample(len(train), n)), model.input_size, args.cache)
-                   for n in (DEFAULT_RECIPE.calibration_images, 600)}
+                   for n in (PTQ_RECIPE.calibration_images, 600)}
     probe_index = sorted(set(range(len(train))) - set(calibration_sample(len(train), 600)))[:300]
     probe = load_pixels(train.subset(probe_index), model.input_size, args.cache)
     src = model.folder / model.config["onnx_file"]
@@ -145,8 +147,8 @@ def main() -> None:
               f"AUC {out['roc_auc_float']:.4f} -> {out['roc_auc_int8']:.4f}", flush=True)
         return out
 
-    print("chosen recipe:", DEFAULT_RECIPE.to_dict())
-    chosen = measure(DEFAULT_RECIPE, keep=True)
+    print("chosen recipe:", PTQ_RECIPE.to_dict())
+    chosen = measure(PTQ_RECIPE, keep=True)
     logits = chosen.pop("logits")
     result["chosen"] = chosen
     result["cascade"] = cascade(model.head.malignant_probability(float_logits), model.head.malignant_probability(logits),
@@ -162,8 +164,8 @@ def main() -> None:
         for node in conv_nodes(src):
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "int8.onnx"
-                quantise_onnx(src, path, calibration[DEFAULT_RECIPE.calibration_images],
-                              replace(DEFAULT_RECIPE, exclude=(node,)))
+                quantise_onnx(src, path, calibration[PTQ_RECIPE.calibration_images],
+                              replace(PTQ_RECIPE, exclude=(node,)))
                 a = agreement(probe_float, run_in_batches(OnnxEngine(path), probe)[0], model.head)
             result["per_node_on_300_training_images"][node] = a
             print(f"{node} float: p99 {a['p99_abs_dp']:.4f}", flush=True)

@@ -6,14 +6,25 @@ Question: post-training quantisation (experiments/int8_engine.py) flips 30-42 of
     (skinmole.quantisation_aware: distillation on training images, activation scales kept), does it
     meet the goals against the float engine (<= 0.5% labels flipped, p99 |dP| <= 0.02, ROC AUC within
     0.002), and at what cost?
-Command: python experiments/int8_qat.py [--model FOLDER] [--epochs 3] [--learning-rate 1e-5] [--feature-weight 0.1] [--cosine]
-    [--output reports/int8_qat.json] [--save model-int8-qat.onnx]
-Method: the chosen PTQ recipe (quantisation.DEFAULT_RECIPE, its 300 calibration images) gives the
-    QDQ graph and its activation scales; the weights start from the float model; fine-tuning on the
-    other training images except a seeded probe of 500, which picks the epoch (p99 |dP| against the
-    float engine); the validation split is only measured. Every number is ONNX Runtime running the
+Command: python experiments/int8_qat.py [--model FOLDER] [--epochs 3] [--learning-rate 1e-5]
+    [--feature-weight 0.1] [--cosine] [--output reports/int8_qat.json] [--save model-int8-qat.onnx]
+    (run 1: the defaults; run 2: --epochs 6 --learning-rate 3e-5 --cosine; their reports kept as
+    reports/int8_qat-run1.json and reports/int8_qat-run2.json)
+Method: the chosen recipe's post-training part (quantisation.DEFAULT_RECIPE, its 300 calibration
+    images) gives the QDQ graph and its activation scales; the weights start from the float model;
+    fine-tuning on the other training images except a seeded probe of 500, which picks the epoch
+    (p99 |dP| against the float engine); the validation split is only measured. Every number is ONNX Runtime running the
     written-back QDQ file, not the Keras twin.
-Answer: see reports/int8_qat.json and MODEL_CARD / README "int8 engine" (written after the run).
+Date: 2026-12-01, bundled lite0-128, validation split (1,494), AMD EPYC AVX2 without VNNI.
+Answer: it halves the disagreement, not enough for the goals. From the post-training 42 flipped
+    labels / p99 |dP| 0.103 / max 0.22: lr 1e-5, 3 epochs (reports/int8_qat-run1.json, 14 min),
+    epoch 2 chosen on the probe: 19 flipped (1.3%), p99 0.050, max 0.091, AUC 0.9143 vs 0.9120,
+    1 out-of-distribution verdict changed; epoch 3 no better (22, 0.050). lr 3e-5 with cosine decay,
+    6 epochs (reports/int8_qat-run2.json, 26 min): 23-32 flips in epochs 2-4, then 17 / 0.048 at
+    epoch 5 (chosen) and 18 / 0.053 at 6. Both runs level off near p99 0.05 (goal 0.02) and 17-19
+    flips (goal 7): the activation scales stay those of the calibration, and the Keras twin and
+    ONNX Runtime's integer kernels differ by about one logit step. `skinmole quantise` now fine-tunes
+    2 epochs at 1e-5 by default (DEFAULT_RECIPE); the engine stays opt-in.
 """
 
 import argparse
@@ -31,11 +42,14 @@ sys.path.insert(0, str(ROOT))
 from skinmole import load_model  # noqa: E402
 from skinmole.data import ham10000_labels, load_pixels, read_csv  # noqa: E402
 from skinmole.engines import OnnxEngine, run_in_batches  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
 from skinmole.quantisation import (DEFAULT_RECIPE, agreement, calibration_sample, cpu_description,  # noqa: E402
                                    gate_agreement, quantise_onnx)
 from skinmole.quantisation_aware import QuantisedGraph, fine_tune  # noqa: E402
 
 PROBE_IMAGES = 500
+PTQ_RECIPE = replace(DEFAULT_RECIPE, fine_tune_epochs=0)  # the fine-tuning is set here
 
 
 def main() -> None:
@@ -59,7 +73,7 @@ def main() -> None:
     if labels is None:
         raise SystemExit("HAM10000 not found: set SKINMOLE_HAM10000")
     val, train = read_csv(labels, split="val"), read_csv(labels, split="train")
-    calibration_index = calibration_sample(len(train), DEFAULT_RECIPE.calibration_images)
+    calibration_index = calibration_sample(len(train), PTQ_RECIPE.calibration_images)
     rest = np.setdiff1d(np.arange(len(train)), calibration_index)
     probe_index = np.sort(np.random.default_rng(1).permutation(rest)[:PROBE_IMAGES])
     fit_index = np.setdiff1d(np.arange(len(train)), probe_index)[:args.train_images]
@@ -88,7 +102,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ptq = Path(tmp) / "ptq.onnx"
-        quantise_onnx(src, ptq, calibration, DEFAULT_RECIPE)
+        quantise_onnx(src, ptq, calibration, PTQ_RECIPE)
         graph = QuantisedGraph(ptq, src)
         files = {0: graph.to_onnx()}
         epochs = [measure(files[0], 0)]
@@ -104,7 +118,7 @@ def main() -> None:
     goals = {"labels_flipped_max": int(0.005 * len(x_val)), "p99_abs_dp_max": 0.02, "roc_auc_within": 0.002}
     v = chosen["val"]
     result = {
-        "model": str(model.folder), "cpu": cpu_description(), "recipe": DEFAULT_RECIPE.to_dict(),
+        "model": str(model.folder), "cpu": cpu_description(), "recipe": PTQ_RECIPE.to_dict(),
         "fine_tuning": {"images": len(x_fit), "probe_images": len(x_probe), "epochs": args.epochs,
                         "learning_rate": args.learning_rate, "batch_size": args.batch_size,
                         "feature_weight": args.feature_weight, "cosine": args.cosine, "loss": losses,
