@@ -81,7 +81,7 @@ def round_weights(w, axis: int, qmax: int):
     reduce = tuple(i for i in range(len(w.shape)) if i != axis)
     absmax = ops.max(ops.abs(w), axis=reduce, keepdims=True)
     scale = ops.where(absmax > 0, absmax / qmax, ops.ones_like(absmax))
-    return ops.clip(ops.round(w / scale), -qmax, qmax) * scale, scale
+    return ops.clip(ops.round(w / scale), -qmax, qmax) * scale
 
 
 def _make_layers():
@@ -99,7 +99,7 @@ def _make_layers():
 
         def call(self, x):
             axis = 2 if self.depthwise else 3   # output channels: (kh, kw, C, 1) or (kh, kw, I, O)
-            w, _ = round_weights(self.kernel, axis, self.qmax)
+            w = round_weights(self.kernel, axis, self.qmax)
             w = self.kernel + ops.stop_gradient(w - self.kernel)
             top, left, bottom, right = self.pads
             if any(self.pads):
@@ -117,7 +117,7 @@ def _make_layers():
             self.axis, self.qmax = axis, qmax
 
         def call(self, x):
-            w, _ = round_weights(self.kernel, self.axis, self.qmax)
+            w = round_weights(self.kernel, self.axis, self.qmax)
             return ops.matmul(x, self.kernel + ops.stop_gradient(w - self.kernel)) + self.bias
 
     return FakeQuantConv, FakeQuantDense

@@ -85,19 +85,17 @@ def test_fine_tuning_brings_the_int8_answers_towards_the_float_ones(qdq):
 
 def test_a_graph_with_an_unsupported_op_is_refused(qdq, tmp_path):
     import onnx
-    from onnx import helper
 
     from skinmole.quantisation_aware import QuantisedGraph
 
     float_path, int8_path = qdq
     proto = onnx.load(str(int8_path))
-    node = next(n for n in proto.graph.node if n.op_type == "Flatten" or n.op_type == "Identity")
+    node = next(n for n in proto.graph.node if n.op_type in ("Flatten", "Identity"))
     node.op_type = "Softsign"
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(proto.SerializeToString())
     with pytest.raises(ValueError, match="Softsign is not supported"):
         QuantisedGraph(bad, float_path)
-    assert helper  # the op name check runs before any Keras layer is built
 
 
 def test_quantise_model_folder_fine_tunes_when_the_recipe_says_so(tiny_folder, tmp_path):
