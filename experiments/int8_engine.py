@@ -53,7 +53,7 @@ from skinmole.quantisation import (DEFAULT_RECIPE, Recipe, agreement, calibratio
                                    cpu_description, gate_agreement, quantise_onnx)
 
 # The post-training part of the chosen recipe (its fine-tuning is experiments/int8_qat.py's question).
-PTQ_RECIPE = replace(DEFAULT_RECIPE, fine_tune_epochs=0)
+PTQ_RECIPE = DEFAULT_RECIPE.post_training()
 # Recipes compared with --variants (the chosen one, PTQ_RECIPE, always runs).
 VARIANTS = {
     "8-bit weights (u8 activations x s8 weights)": Recipe(reduce_range=False, depthwise_full_range=False),

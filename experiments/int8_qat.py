@@ -42,14 +42,12 @@ sys.path.insert(0, str(ROOT))
 from skinmole import load_model  # noqa: E402
 from skinmole.data import ham10000_labels, load_pixels, read_csv  # noqa: E402
 from skinmole.engines import OnnxEngine, run_in_batches  # noqa: E402
-from dataclasses import replace  # noqa: E402
-
 from skinmole.quantisation import (DEFAULT_RECIPE, agreement, calibration_sample, cpu_description,  # noqa: E402
                                    gate_agreement, quantise_onnx)
 from skinmole.quantisation_aware import QuantisedGraph, fine_tune  # noqa: E402
 
 PROBE_IMAGES = 500
-PTQ_RECIPE = replace(DEFAULT_RECIPE, fine_tune_epochs=0)  # the fine-tuning is set here
+PTQ_RECIPE = DEFAULT_RECIPE.post_training()  # the fine-tuning is set here
 
 
 def main() -> None:
@@ -78,9 +76,8 @@ def main() -> None:
     probe_index = np.sort(np.random.default_rng(1).permutation(rest)[:PROBE_IMAGES])
     fit_index = np.setdiff1d(np.arange(len(train)), probe_index)[:args.train_images]
     x_val = load_pixels(val, model.input_size, args.cache)
-    x_probe = load_pixels(train.subset(probe_index), model.input_size, args.cache)
-    x_fit = load_pixels(train.subset(fit_index), model.input_size, args.cache)
-    calibration = load_pixels(train.subset(calibration_index), model.input_size, args.cache)
+    x_train = load_pixels(train, model.input_size, args.cache)  # once: the three sets below index it
+    x_probe, x_fit, calibration = x_train[probe_index], x_train[fit_index], x_train[calibration_index]
     src = model.folder / model.config["onnx_file"]
     float_engine = OnnxEngine(src)
     val_float, val_float_features = run_in_batches(float_engine, x_val)

@@ -17,7 +17,7 @@ Needs ``onnx`` and ``onnxruntime`` (the train extra) to build; serving the file 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,10 @@ class Recipe:
             raise ValueError("fine_tune_epochs must be >= 0, fine_tune_learning_rate > 0, "
                              "fine_tune_feature_weight >= 0")
         object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    def post_training(self) -> "Recipe":
+        """The same recipe without its fine-tuning (what ``quantise_onnx`` alone builds)."""
+        return replace(self, fine_tune_epochs=0)
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -37,6 +37,7 @@ class _Tensor:
     nchw: bool = False
     constant: bool = False
     fake_quant: tuple | None = None  # (scale, zero point, qmin, qmax) of a QuantizeLinear's output
+    scale: float | None = None       # the scale of a DequantizeLinear's output (a Conv/Gemm input)
 
 
 @dataclass
@@ -138,7 +139,7 @@ class QuantisedGraph:
         self._float_init = {i.name: numpy_helper.to_array(i) for i in float_proto.graph.initializer}
         self._float_nodes = {n.name: n for n in float_proto.graph.node}
         self._init = {i.name: numpy_helper.to_array(i) for i in self.proto.graph.initializer}
-        # node name -> (Keras layer, its quantised weight, bias initialiser, input tensor, ONNX kernel layout)
+        # node name -> (Keras layer, its quantised weight, bias initialisers, input scale, ONNX kernel layout)
         self.layers: dict[str, tuple] = {}
         self.keras_model = self._build()
 
@@ -147,13 +148,14 @@ class QuantisedGraph:
     def _const(self, name: str) -> np.ndarray | None:
         return self._init.get(name)
 
-    def _float_weights(self, node) -> tuple[np.ndarray, np.ndarray]:
-        """The float model's weight and bias of the node of the same name."""
+    def _float_weights(self, node, out_axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The float model's weight and bias (zeros when it has none: ``out_axis`` of the weight is
+        the output channels) of the node of the same name."""
         twin = self._float_nodes.get(node.name)
         if twin is None or twin.op_type != node.op_type:
             raise ValueError(f"the float model has no {node.op_type} node named {node.name!r}")
         w = self._float_init[twin.input[1]]
-        b = self._float_init[twin.input[2]] if len(twin.input) > 2 else np.zeros(w.shape[0], np.float32)
+        b = self._float_init[twin.input[2]] if len(twin.input) > 2 else np.zeros(w.shape[out_axis], np.float32)
         return w.astype(np.float32), b.astype(np.float32)
 
     def _build(self):
@@ -212,7 +214,7 @@ class QuantisedGraph:
                 values[out] = _Tensor(x.value, x.nchw, fake_quant=(scale, int(zp_arr), qmin, qmax))
             elif op == "DequantizeLinear":
                 scale, zp, qmin, qmax = x.fake_quant
-                values[out] = _Tensor(_fake_quant(x.value, scale, zp, qmin, qmax), x.nchw)
+                values[out] = _Tensor(_fake_quant(x.value, scale, zp, qmin, qmax), x.nchw, scale=scale)
             elif op in ("Cast", "Identity"):
                 values[out] = _Tensor(x.value, x.nchw, x.constant)
             elif op == "Transpose":
@@ -240,23 +242,21 @@ class QuantisedGraph:
                                       depthwise, w_int.qmax, name=node.name)
                 values[out] = _Tensor(layer(x.value), nchw=True)
                 self.layers[node.name] = (layer, w_int, bias_of.get(node.input[2]) if len(node.input) > 2 else None,
-                                          node.input[0], (2, 3, 0, 1) if depthwise else (3, 2, 0, 1))
+                                          x.scale, (2, 3, 0, 1) if depthwise else (3, 2, 0, 1))
             elif op == "Gemm":
                 if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
                     raise ValueError(f"{node.name}: only Gemm with transA=0, alpha=beta=1 is supported")
-                w_float, _ = self._float_weights(node)
-                twin = self._float_nodes[node.name]
-                b_float = self._float_init[twin.input[2]].astype(np.float32)
+                trans_b = int(a.get("transB", 0))
+                w_float, b_float = self._float_weights(node, out_axis=0 if trans_b else 1)
                 w_int = weights.get(node.input[1])
                 if w_int is None:
                     raise ValueError(f"{node.name}: its weight is not quantised (kept in float): not supported")
-                trans_b = int(a.get("transB", 0))
                 kernel = w_float.T if trans_b else w_float
                 axis = (1 - w_int.axis) if trans_b else w_int.axis
                 layer = FakeQuantDense(kernel, b_float, axis, w_int.qmax, name=node.name)
                 values[out] = _Tensor(layer(x.value))
                 self.layers[node.name] = (layer, w_int, bias_of.get(node.input[2]) if len(node.input) > 2 else None,
-                                          node.input[0], (1, 0) if trans_b else (0, 1))
+                                          x.scale, (1, 0) if trans_b else (0, 1))
             elif op == "Relu":
                 values[out] = _Tensor(ops.relu(x.value), x.nchw)
             elif op == "Clip":
@@ -295,20 +295,13 @@ class QuantisedGraph:
 
     # --- Keras -> ONNX ---------------------------------------------------------------------------
 
-    def _activation_scale(self, tensor: str) -> float:
-        """The scale of the DequantizeLinear that produced ``tensor`` (a Conv/Gemm input)."""
-        for node in self.proto.graph.node:
-            if node.op_type == "DequantizeLinear" and node.output[0] == tensor:
-                return float(self._const(node.input[1]))
-        raise ValueError(f"{tensor}: not the output of a DequantizeLinear")
-
     def to_onnx(self) -> bytes:
         """The QDQ model with every trained weight and bias rounded into it (activation scales kept)."""
         from onnx import numpy_helper
 
         replace: dict[str, np.ndarray] = {}
         int32 = np.iinfo(np.int32)
-        for layer, w, bias, input_name, to_onnx_layout in self.layers.values():
+        for layer, w, bias, input_scale, to_onnx_layout in self.layers.values():
             onnx_w = np.transpose(np.asarray(layer.kernel.numpy(), np.float64), to_onnx_layout)
             shape = [1] * onnx_w.ndim
             shape[w.axis] = -1
@@ -317,8 +310,9 @@ class QuantisedGraph:
             if bias is not None:
                 # int32 bias at the input scale x the weight scale (as ONNX Runtime writes it); where that
                 # scale is too fine for the bias to fit in int32, the weight scale grows (as it does there)
+                if input_scale is None:
+                    raise ValueError(f"{layer.name}: its input is not quantised: the int32 bias has no scale")
                 b = np.asarray(layer.bias.numpy(), np.float64)
-                input_scale = self._activation_scale(input_name)
                 smallest = 1.0001 * 2 * np.abs(b) / (float(int32.max) - float(int32.min + 1))
                 scale = np.where(input_scale * scale < smallest, smallest / input_scale, scale)
                 bias_scale = (input_scale * scale).astype(np.float32)

@@ -92,10 +92,10 @@ def main(argv=None, prog: str | None = None) -> int:
         if set(map(str, train.paths)) & set(map(str, val.paths)):
             raise ValueError("the calibration and validation images overlap: the agreement must be measured "
                              "on images the calibration never saw")
-        calibration = load_pixels(train.subset(calibration_sample(len(train), recipe.calibration_images)),
-                                  size, args.cache)
-        validation = load_pixels(val, size, args.cache)
+        sample = calibration_sample(len(train), recipe.calibration_images)
         fine_tune = load_pixels(train, size, args.cache) if recipe.fine_tune_epochs else None
+        calibration = fine_tune[sample] if fine_tune is not None else load_pixels(train.subset(sample), size, args.cache)
+        validation = load_pixels(val, size, args.cache)
         config = quantise_model_folder(args.model, calibration, validation, val.y, fine_tune_pixels=fine_tune,
                                        recipe=replace(recipe, calibration_images=len(calibration)),
                                        split=f"{_name(val.source)} ({len(val)} images)",
